@@ -1,0 +1,1 @@
+"""k80s.extender"""
