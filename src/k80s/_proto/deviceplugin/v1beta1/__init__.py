@@ -1,0 +1,1 @@
+"""Generated gRPC stubs (see proto/README.md); never edited by hand."""
