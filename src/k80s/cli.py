@@ -2,19 +2,39 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 import click
+from rich.console import Console
+from rich.table import Table
 
-from k80s import __version__
-from k80s.core.errors import K80sError
+from k80s import __version__, catalogue
+from k80s.core.errors import InvalidSpec, K80sError
+from k80s.core.estimate import DieCapacity, Estimate
+from k80s.core.inventory import CONTEXT_RESERVE_MIB, IDLE_USED_MIB, K80_TOTAL_MIB
+from k80s.core.options import KV_CACHE_TYPES, EstimateOptions
+from k80s.core.policies import ALIASES, POLICIES
+from k80s.core.selection import idle_dies, select_dies
+from k80s.core.units import MIB
+from k80s.estimate_view import render, render_comparison
 from k80s.localcluster.cli import cluster
+from k80s.resolve import resolve_local
+
+IDLE_FREE_MIB = K80_TOTAL_MIB - IDLE_USED_MIB - CONTEXT_RESERVE_MIB  # 11366: what a runtime sees on an idle die
+
+
+def console() -> Console:
+    """Full width on a terminal; 120 columns when piped, so tables do not wrap into columns of words."""
+    return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)
 
 
 class _Group(click.Group):
-    """Turns k80s errors into one clear line on stderr and a non-zero exit, never a traceback."""
+    """Turns k80s errors into one clear line on stderr and exit 1, never a traceback."""
 
-    def invoke(self, ctx: click.Context) -> object:
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except K80sError as exc:
@@ -22,7 +42,7 @@ class _Group(click.Group):
             sys.exit(1)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="k80s")
 def main() -> None:
     """k80s: serve LLMs on NVIDIA Tesla K80 clusters with Kubernetes.
@@ -30,6 +50,175 @@ def main() -> None:
     The estimator decides how many K80 dies a model needs and how its layers split across them,
     exactly as the ollama37 runtime (seed commit 241a0340) would.
     """
+
+
+def _free_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of MiB values", param_hint="--free-mib") from None
+    if not values or any(v < 0 for v in values):
+        raise click.BadParameter("give one non-negative MiB value per die, e.g. 11366,11366", param_hint="--free-mib")
+    return values
+
+
+_POLICY_CHOICES = [*POLICIES, *ALIASES]
+
+
+@main.command()
+@click.argument("model")
+@click.option("--dies", type=click.IntRange(1, 64), default=None, help="N idle dies (default 2, one K80 board).")
+@click.option("--free-mib", "free_mib", default=None, help="Free MiB per die in CUDA order, e.g. 11366,9000.")
+@click.option(
+    "--die-free-mib", type=click.IntRange(0), default=IDLE_FREE_MIB, show_default=True,
+    help="Free MiB of each idle die for --dies (NVML free minus the runtime's CUDA context).",
+)
+@click.option("--ctx", "num_ctx", type=click.IntRange(1), default=4096, show_default=True, help="Context tokens per sequence (num_ctx).")
+@click.option("--batch", "num_batch", type=click.IntRange(0), default=512, show_default=True, help="num_batch.")
+@click.option("--parallel", "num_parallel", type=click.IntRange(1), default=1, show_default=True, help="Parallel sequences (num_parallel).")
+@click.option("--kv-cache-type", type=click.Choice(KV_CACHE_TYPES), default="f16", show_default=True, help="KV cache type (what-if only on K80).")
+@click.option("--flash-attention/--no-flash-attention", default=False, show_default=True, help="What-if only: K80 has no flash attention.")
+@click.option("--policy", type=click.Choice(_POLICY_CHOICES), default="seed-241a0340", show_default=True, help="Estimator policy (ollama/ollama37 build).")
+@click.option("--graph-safety-multiplier", type=click.FloatRange(min=0, min_open=True), default=None, help="Graph multiplier (default: the policy's).")
+@click.option("--secondary-graph-mib", type=click.IntRange(0), default=None, help="Seed family only: secondary-die graph (default 190).")
+@click.option("--overhead-mib", type=click.IntRange(0), default=0, show_default=True, help="OLLAMA_GPU_OVERHEAD per die.")
+@click.option("--compare", is_flag=True, help="Put reverse-order (seed) and round-robin (v0.11.4) side by side.")
+@click.option("--json", "as_json", is_flag=True, help="Print the Estimate object(s) as JSON.")
+def estimate(
+    model: str,
+    dies: int | None,
+    free_mib: str | None,
+    die_free_mib: int,
+    num_ctx: int,
+    num_batch: int,
+    num_parallel: int,
+    kv_cache_type: str,
+    flash_attention: bool,
+    policy: str,
+    graph_safety_multiplier: float | None,
+    secondary_graph_mib: int | None,
+    overhead_mib: int,
+    compare: bool,
+    as_json: bool,
+) -> None:
+    """What the runtime would do with MODEL on the given dies.
+
+    MODEL is a catalogue tag (see `k80s models`), a GGUF file (only its header is read) or a
+    profile file. The policy's die-selection rule applies, so fewer dies than given may be used.
+    Exits 1 when the model does not fit.
+    """
+    if dies is not None and free_mib is not None:
+        raise click.UsageError("give either --dies or --free-mib, not both")
+    free = _free_list(free_mib) if free_mib is not None else [die_free_mib] * (dies or 2)
+    die_list = [DieCapacity(free_bytes=f * MIB, index=i) for i, f in enumerate(free)]
+    if flash_attention or kv_cache_type != "f16":
+        click.echo(
+            "k80s: warning: K80 (compute 3.7) has no flash attention and runs f16 KV only; "
+            "this estimate is a what-if for other hardware",
+            err=True,
+        )
+    profile = resolve_local(model)
+    policies = ["seed-241a0340", "upstream-v0.11.4"] if compare else [policy]
+    results: list[Estimate] = []
+    for pol in policies:
+        opts = EstimateOptions(
+            policy=pol,
+            num_ctx=num_ctx,
+            num_batch=num_batch,
+            num_parallel=num_parallel,
+            kv_cache_type=kv_cache_type,
+            flash_attention=flash_attention,
+            graph_safety_multiplier=graph_safety_multiplier,
+            secondary_graph_mib=secondary_graph_mib if POLICIES[ALIASES.get(pol, pol)].secondary_graph else None,
+            overhead_mib=overhead_mib,
+        )
+        results.append(select_dies(profile, die_list, opts))
+    if secondary_graph_mib is not None and not compare and not POLICIES[ALIASES.get(policy, policy)].secondary_graph:
+        raise InvalidSpec("--secondary-graph-mib", f"only applies to seed-family policies, not {policy}")
+    if as_json:
+        payload: Any = [r.to_dict() for r in results] if compare else results[0].to_dict()
+        click.echo(json.dumps(payload, indent=2))
+    else:
+        out = console()
+        for r in results:
+            render(out, r)
+            out.print()
+        if compare:
+            render_comparison(out, results)
+    if not results[0].fits:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the catalogue as JSON.")
+def models(as_json: bool) -> None:
+    """List the bundled model catalogue with confidence grades.
+
+    Grades: A = confirmed by an Ollama/ollama37 log or reproduced exactly; B = the model's
+    published config; C = widely published but unverified, or derived (see the notes).
+    """
+    rows = []
+    for e in catalogue.entries():
+        p = e.profile
+        rows.append(
+            {
+                "name": e.name,
+                "architecture": p.architecture,
+                "layers": p.block_count,
+                "weightsGB": round(p.weight_bytes() / 1e9, 2),
+                "contextLength": p.context_length,
+                "grade": e.grade,
+                "notes": e.shape.notes,
+                "derivation": e.derivation,
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="k80s model catalogue (Ollama Q4_K_M tags)", title_justify="left")
+    for col in ("model", "arch", "layers", "weights GB", "train ctx", "grade", "notes"):
+        table.add_column(col, no_wrap=col != "notes")
+    for r in rows:
+        table.add_row(
+            r["name"], r["architecture"], str(r["layers"]), f"{r['weightsGB']:.2f}", str(r["contextLength"]),
+            r["grade"], r["notes"] or ("derived, see below" if r["derivation"] else ""),
+        )
+    out = console()
+    out.print(table)
+    for r in rows:
+        if r["derivation"]:
+            out.print(f"[bold]{r['name']}[/]: {r['derivation']}")
+
+
+@main.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def inspect(path: str, as_json: bool) -> None:
+    """Summarise the header of a GGUF file (tensor data is never read)."""
+    from k80s.core.gguf import describe_header, parse_gguf_file
+
+    try:
+        header = parse_gguf_file(path)
+    except OSError as exc:
+        raise InvalidSpec(path, f"cannot read file ({exc.strerror or exc})") from None
+    summary = describe_header(header)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=str))
+        return
+    table = Table(title=f"GGUF header: {path}", title_justify="left", show_header=False)
+    table.add_column("key")
+    table.add_column("value")
+    for key, value in summary.items():
+        table.add_row(str(key), _short(value))
+    console().print(table)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {v}" for k, v in value.items())
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return ", ".join(str(v) for v in value)
+    return str(value)
 
 
 main.add_command(cluster)

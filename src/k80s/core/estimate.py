@@ -1,0 +1,391 @@
+"""The GPU memory estimator: Ollama's `EstimateGPULayers` for an ordered list of dies
+(estimator.md §8, variants §13). It sizes a model on the dies it is given; it does not choose
+dies (that is `k80s.core.selection`).
+
+The port is literal: the same steps, the same integer arithmetic and the same quirks (§12), so
+the result is what the chosen ollama/ollama37 build computes for the same inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from k80s.core.graph import graph_size, vision_graph_size
+from k80s.core.options import EstimateOptions
+from k80s.core.policies import Fill
+from k80s.core.profile import ModelProfile
+from k80s.core.units import MIB, mib
+
+MINIMUM_MEMORY: Final = 457 * MIB
+"""Ollama's per-GPU `minimum_memory` for CUDA (479,199,232 B)."""
+
+MIN_CONTEXT_V0114: Final = 2048
+"""v0.11.4 raises every estimate's context to at least 2048 tokens (quirk 7)."""
+
+FA_MIN_DRIVER_MAJOR: Final = 7
+"""v0.11.4 declares CUDA flash attention from this *driver* major on, which a K80 passes."""
+
+# v0.12: the batch for GraphSize when num_batch is 0 (§13.4); inert since requests pre-fill 512.
+_FAMILY_BATCH: Final = {"deepseek2": 2048, "phi2": 256}
+
+
+@dataclass(frozen=True, slots=True)
+class DieCapacity:
+    """One die as the estimator sees it (estimator.md §3.1)."""
+
+    free_bytes: int
+    index: int = 0
+    compute: str = "3.7"
+    library: str = "cuda"
+    minimum_bytes: int = MINIMUM_MEMORY
+    driver_major: int = 11  # R470 ships CUDA 11.4
+
+
+@dataclass(frozen=True, slots=True)
+class DieBreakdown:
+    """What the estimate books on one die. The parts add up to `total_bytes` (Ollama's GPUSizes entry)."""
+
+    index: int
+    free_bytes: int
+    layers: int  # repeating blocks, plus 1 if the output layer is booked here
+    reserve_bytes: int  # minimum_memory + buffer (one block + its KV), on every accepted die
+    weights_bytes: int  # repeating-block weights
+    kv_bytes: int
+    output_bytes: int  # output weights + vision tower + vision graph, when booked here
+    graph_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.reserve_bytes + self.weights_bytes + self.kv_bytes + self.output_bytes + self.graph_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """The estimator's answer for one ordered die list (design.md, the Estimate object)."""
+
+    model: str
+    policy: str
+    fits: bool
+    dies: tuple[DieBreakdown, ...]  # the die list in the order given (empty when nothing was placed)
+    vram_bytes: int
+    total_bytes: int
+    layers_offloaded: int
+    layers_total: int  # blocks + the output layer
+    graph_bytes: int  # the reported graph: full if fully loaded, else partial
+    graph_partial_bytes: int
+    graph_full_bytes: int
+    kv_bytes: int
+    repeating_bytes: int
+    output_bytes: int  # Wout: output (or tied token_embd) + output_norm
+    vision_bytes: int  # vision tower weights + vision graph
+    context_tokens: int
+    batch_tokens: int
+
+    @property
+    def per_die_bytes(self) -> tuple[int, ...]:
+        return tuple(d.total_bytes for d in self.dies)
+
+    @property
+    def tensor_split(self) -> tuple[int, ...]:
+        """Layers per die in list (CUDA) order."""
+        return tuple(d.layers for d in self.dies)
+
+    @property
+    def dies_used(self) -> int:
+        """Dies holding at least one layer; the die count a pod must get."""
+        return sum(1 for d in self.dies if d.layers > 0)
+
+    @property
+    def die_indices(self) -> tuple[int, ...]:
+        return tuple(d.index for d in self.dies)
+
+    @property
+    def weights_bytes(self) -> int:
+        return self.repeating_bytes + self.output_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        """The Estimate object of design.md (camelCase), with the per-die breakdown added."""
+        return {
+            "version": 1,
+            "model": self.model,
+            "policy": self.policy,
+            "fits": self.fits,
+            "diesUsed": self.dies_used,
+            "perDieMiB": [mib(b) for b in self.per_die_bytes],
+            "perDieBytes": list(self.per_die_bytes),
+            "vramMiB": mib(self.vram_bytes),
+            "vramBytes": self.vram_bytes,
+            "totalMiB": mib(self.total_bytes),
+            "totalBytes": self.total_bytes,
+            "tensorSplit": list(self.tensor_split),
+            "layersOffloaded": self.layers_offloaded,
+            "layersTotal": self.layers_total,
+            "graphMiB": mib(self.graph_bytes),
+            "kvMiB": mib(self.kv_bytes),
+            "weightsMiB": mib(self.weights_bytes),
+            "visionMiB": mib(self.vision_bytes),
+            "contextTokens": self.context_tokens,
+            "batchTokens": self.batch_tokens,
+            "dies": [
+                {
+                    "index": d.index,
+                    "layers": d.layers,
+                    "freeMiB": mib(d.free_bytes),
+                    "totalMiB": mib(d.total_bytes),
+                    "weightsMiB": mib(d.weights_bytes + d.output_bytes),
+                    "kvMiB": mib(d.kv_bytes),
+                    "graphMiB": mib(d.graph_bytes),
+                    "reserveMiB": mib(d.reserve_bytes),
+                }
+                for d in self.dies
+            ],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _ModelSizes:
+    """Option-independent sizes of one profile in one era, computed once per profile."""
+
+    blocks: tuple[int | None, ...]  # size(blk.i), None when the group is missing
+    first_block: int
+    repeating: int
+    output: int  # Wout (step 7)
+    vision_weights: int
+    vision_graph: int
+
+
+def _model_sizes(profile: ModelProfile, v012: bool) -> _ModelSizes:
+    cache: dict[bool, _ModelSizes] | None = getattr(profile, "_k80s_sizes", None)
+    if cache is None:
+        cache = {}
+        object.__setattr__(profile, "_k80s_sizes", cache)  # profiles are immutable; this is a memo
+    sizes = cache.get(v012)
+    if sizes is None:
+        groups = profile.tensor_groups
+        blocks = tuple(
+            profile.group_bytes(f"blk.{i}", v012=v012) if f"blk.{i}" in groups else None
+            for i in range(profile.block_count)
+        )
+        output = profile.group_bytes("output_norm", v012=v012) + (
+            profile.group_bytes("output", v012=v012)
+            if "output" in groups
+            else profile.group_bytes("token_embd", v012=v012)
+        )
+        w_vis, g_vis = vision_graph_size(profile, v012=v012)
+        sizes = _ModelSizes(
+            blocks=blocks,
+            first_block=profile.group_bytes("blk.0", v012=v012),
+            repeating=sum(b for b in blocks if b is not None),
+            output=output,
+            vision_weights=w_vis,
+            vision_graph=g_vis,
+        )
+        cache[v012] = sizes
+    return sizes
+
+
+def effective_context(profile: ModelProfile, options: EstimateOptions) -> tuple[int, int]:
+    """(C, B): the context and batch the estimate uses (estimator.md §3.6, §13.3–§13.5)."""
+    policy = options.resolved_policy
+    num_ctx = options.num_ctx
+    if 0 < profile.context_length < num_ctx:
+        num_ctx = profile.context_length
+    context = num_ctx * options.num_parallel
+    if not policy.v012:
+        context = max(context, MIN_CONTEXT_V0114)
+    num_batch = options.num_batch
+    if policy.v012 and num_batch == 0:
+        num_batch = _FAMILY_BATCH.get(profile.architecture, 512)
+    if policy.clamp_batch:
+        num_batch = _clamp_batch(profile, min(num_batch, num_ctx), num_ctx)
+    return context, min(context, num_batch)
+
+
+def _clamp_batch(profile: ModelProfile, num_batch: int, num_ctx: int) -> int:
+    """ollama37-2026 `llm/server.go` clamps (estimator.md §13.5); they only lower the batch."""
+    arch, k = profile.architecture, 1024
+    if arch == "qwen35moe":
+        limit = 128 if num_ctx > 192 * k else 256 if num_ctx > 32 * k else num_batch
+    elif arch == "qwen35":
+        big = profile.block_count >= 48
+        low_from = 64 * k if big else 128 * k
+        limit = 128 if num_ctx > low_from else 256 if num_ctx > 32 * k else num_batch
+    elif arch in ("gptoss", "gpt-oss"):
+        limit = 128 if num_ctx > 32 * k else num_batch
+    else:
+        limit = num_batch
+    return min(num_batch, limit)
+
+
+def _model_supports_flash_attention(profile: ModelProfile, v012: bool) -> bool:
+    if profile.pooling or (profile.architecture == "gptoss" and not v012):
+        return False
+    return profile.key_dim == profile.value_dim != 0
+
+
+def estimate(profile: ModelProfile, dies: Sequence[DieCapacity], options: EstimateOptions) -> Estimate:
+    """Size `profile` on `dies` in the given order (estimator.md §8, steps 1–13)."""
+    policy = options.resolved_policy
+    v012 = policy.v012
+    sizes = _model_sizes(profile, v012)
+    n = len(dies)
+    n_blocks = profile.block_count
+    overhead = options.overhead_mib * MIB
+    num_gpu = options.num_gpu
+
+    # Steps 1, 3, 4: context, flash attention, KV and graph.
+    context, batch = effective_context(profile, options)
+    fa = (
+        options.flash_attention
+        and all(d.library == "cuda" and d.driver_major >= FA_MIN_DRIVER_MAJOR for d in dies)
+        and _model_supports_flash_attention(profile, v012)
+    )
+    kv_type = options.kv_cache_type if fa else "f16"
+    graph = graph_size(profile, context, batch, options.num_parallel, kv_type, v012=v012, flash_attention=fa)
+    kv = graph.kv
+    kv_total = sum(kv)
+    kv0 = kv[0] if kv else 0
+    buffer = sizes.first_block + kv0  # step 2 + 4: "one layer worth of memory as a buffer"
+
+    # Step 5: fallback for architectures without a formula; then the graph safety multiplier (§13.4).
+    g_partial, g_full = graph.partial, graph.full
+    if g_partial == 0:
+        g_partial = (profile.heads_max // max(profile.kv_heads_min, 1)) * kv_total // 6
+    if g_full == 0:
+        g_full = g_partial
+    multiplier = options.multiplier
+    if multiplier != 1.0:
+        g_partial, g_full = int(g_partial * multiplier), int(g_full * multiplier)
+
+    # Step 6: multi-die loads always use the partial graph.
+    if n > 1:
+        g_full = g_partial
+    if policy.kepler_graph_discount and n and dies[0].library == "cuda" and dies[0].compute == "3.7":
+        g_partial, g_full = g_partial * 85 // 100, g_full * 85 // 100
+    g_max = max(g_partial, g_full)
+
+    # Step 8: the filter demands the full graph on every die (seed included, quirk 2).
+    free = [d.free_bytes for d in dies]
+    alloc = [0] * n
+    accepted: list[int] = []
+    for g, d in enumerate(dies):
+        if d.free_bytes < overhead + g_max + d.minimum_bytes + 2 * buffer:
+            continue
+        accepted.append(g)
+        alloc[g] = d.minimum_bytes + buffer
+    reserve = list(alloc)
+
+    # Step 9: seed family reserves a constant graph on secondaries, by position in the original list.
+    if policy.secondary_graph and n > 1:
+        secondary = options.secondary_graph_bytes
+        graph_res = [secondary] * (n - 1) + [g_max]
+    else:
+        graph_res = [g_max] * n
+
+    # Step 10: repeating blocks from L−1 down to 0.
+    count = [0] * n
+    weights = [0] * n
+    kv_on = [0] * n
+    overflow = 0
+    placed = 0
+    fill = policy.fill
+    blocks = sizes.blocks
+    block_w, block_kv = sizes.first_block, kv0  # carried over when a blk.i group is missing
+    for i in range(n_blocks - 1, -1, -1):
+        size_i = blocks[i]
+        if size_i is not None:
+            block_w, block_kv = size_i, kv[i]
+        layer = block_w + block_kv
+        if 0 <= num_gpu <= placed:
+            overflow += layer
+            continue
+        j = len(accepted)
+        done = False
+        while j > 0:
+            if fill is Fill.REVERSE:
+                k = j - 1
+            elif fill is Fill.ROUND_ROBIN:
+                k = i % j
+            else:
+                k = placed % j
+            g = accepted[k]
+            if free[g] > overhead + alloc[g] + graph_res[g] + layer:
+                alloc[g] += layer
+                weights[g] += block_w
+                kv_on[g] += block_kv
+                count[g] += 1
+                placed += 1
+                done = True
+                break
+            del accepted[k]  # permanent drop (quirk 3)
+            j -= 1
+        if not done and policy.overflow_unplaced:
+            overflow += layer
+    fully_loaded = placed >= n_blocks
+
+    # Step 11: the "last layer": output weights plus the vision tower, as one unit (quirk 5).
+    last = sizes.output + sizes.vision_weights + sizes.vision_graph
+    output_on = [0] * n
+    if last > 0:
+        if num_gpu < 0 or placed < num_gpu:
+            for j in range(len(accepted), 0, -1):
+                g = accepted[j - 1] if fill is Fill.REVERSE else accepted[placed % j]
+                if free[g] > overhead + alloc[g] + graph_res[g] + last:
+                    alloc[g] += last
+                    output_on[g] = last
+                    count[g] += 1
+                    placed += 1
+                    break
+        if placed < n_blocks + 1:
+            fully_loaded = False
+            overflow += last
+
+    # Step 12: the final graph on every die that holds layers.
+    reported_graph = g_full if fully_loaded else g_partial
+    graph_on = [0] * n
+    for g in range(n):
+        if count[g] > 0:
+            graph_on[g] = graph_res[g] if policy.secondary_graph else reported_graph
+            alloc[g] += graph_on[g]
+
+    # Step 13: results.
+    vram = sum(alloc)
+    total = vram + overflow
+    if placed == 0 or n == 0:
+        placed, vram, breakdown = 0, 0, ()
+    else:
+        breakdown = tuple(
+            DieBreakdown(
+                index=d.index,
+                free_bytes=d.free_bytes,
+                layers=count[g],
+                reserve_bytes=reserve[g],
+                weights_bytes=weights[g],
+                kv_bytes=kv_on[g],
+                output_bytes=output_on[g],
+                graph_bytes=graph_on[g],
+            )
+            for g, d in enumerate(dies)
+        )
+    fits = placed > 0 and (placed >= n_blocks + 1 if num_gpu < 0 else placed >= num_gpu)
+    return Estimate(
+        model=profile.name,
+        policy=policy.id,
+        fits=fits,
+        dies=breakdown,
+        vram_bytes=vram,
+        total_bytes=total,
+        layers_offloaded=placed,
+        layers_total=n_blocks + 1,
+        graph_bytes=reported_graph,
+        graph_partial_bytes=g_partial,
+        graph_full_bytes=g_full,
+        kv_bytes=kv_total,
+        repeating_bytes=sizes.repeating,
+        output_bytes=sizes.output,
+        vision_bytes=sizes.vision_weights + sizes.vision_graph,
+        context_tokens=context,
+        batch_tokens=batch,
+    )
