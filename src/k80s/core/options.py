@@ -28,7 +28,7 @@ class EstimateOptions:
     kv_cache_type: str = "f16"
     flash_attention: bool = False
     graph_safety_multiplier: float | None = None  # None = the policy's default
-    secondary_graph_mib: int | None = None  # None = 190 for the seed family; rejected elsewhere
+    secondary_graph_mib: int | None = None  # seed family: None becomes 190; other policies: must stay None
     overhead_mib: int = 0  # OLLAMA_GPU_OVERHEAD, charged per die
     num_gpu: int = -1  # cap on offloaded layers; −1 = as many as fit
 
@@ -46,6 +46,8 @@ class EstimateOptions:
         m = self.graph_safety_multiplier
         if m is not None and not (math.isfinite(m) and m > 0):
             raise InvalidSpec("graphSafetyMultiplier", f"{m} must be a number > 0 (or null for the policy default)")
+        if policy.secondary_graph and self.secondary_graph_mib is None:
+            object.__setattr__(self, "secondary_graph_mib", SECONDARY_GRAPH_MIB)
         if self.secondary_graph_mib is not None:
             if not policy.secondary_graph:
                 raise InvalidSpec(
@@ -68,8 +70,7 @@ class EstimateOptions:
 
     @property
     def secondary_graph_bytes(self) -> int:
-        mib = SECONDARY_GRAPH_MIB if self.secondary_graph_mib is None else self.secondary_graph_mib
-        return mib << 20
+        return (self.secondary_graph_mib or 0) << 20
 
     @property
     def k80_compatible(self) -> bool:
@@ -91,11 +92,7 @@ class EstimateOptions:
             kvCacheType=self.kv_cache_type,
             flashAttention=self.flash_attention,
             graphSafetyMultiplier=self.graph_safety_multiplier,
-            secondaryGraphMiB=(
-                (SECONDARY_GRAPH_MIB if self.secondary_graph_mib is None else self.secondary_graph_mib)
-                if self.resolved_policy.secondary_graph
-                else None
-            ),
+            secondaryGraphMiB=self.secondary_graph_mib,
             overheadMiB=self.overhead_mib,
         )
         if self.num_gpu >= 0:
