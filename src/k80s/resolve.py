@@ -39,6 +39,8 @@ def resolve_local(ref: str) -> ModelProfile:
     entry = catalogue.find(ref)
     if entry is not None:
         return entry.profile
+    if "/" in ref or path.suffix.lower() in (".gguf", ".yaml", ".yml", ".json"):
+        raise UnknownModel(f"model file {ref!r} does not exist")
     known = ", ".join(e.name for e in catalogue.entries())
     raise UnknownModel(
         f"model {ref!r} is neither a file nor a catalogue tag (catalogue: {known}); "
@@ -60,7 +62,7 @@ def profile_from_document(data: Any, where: str) -> ModelProfile:
         raise InvalidSpec(where, "a profile file must hold a mapping with `tensorGroups` (a profile) or `shape`")
     if "shape" in data:
         return profile_from_shape(shape_from_dict(data["shape"], f"{where}: shape"))
-    return ModelProfile.from_dict(data, where)
+    return ModelProfile.from_dict(data, f"{where}: profile")
 
 
 def shape_from_dict(raw: Any, where: str) -> ModelShape:
