@@ -1,0 +1,113 @@
+"""`k80s-plugin` / `python -m k80s.plugin`: the device plugin's entrypoint (the image runs this).
+
+Loads settings once (flags and K80S_PLUGIN_* env), picks the backend (NVML, or simulated with
+--simulate), serves until SIGTERM/SIGINT, then shuts down cleanly (exit 0). Bad settings exit 2
+with one line naming the flag.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from k80s.core.errors import InvalidInput, K80sError
+from k80s.plugin import settings as plugin_settings
+from k80s.plugin.backend import DieBackend
+from k80s.plugin.settings import PluginSettings
+
+log = logging.getLogger("k80s.plugin")
+
+_STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+
+
+class _Formatter(logging.Formatter):
+    """Constant message, data in fields (style.md §6): text `msg key=value …` or one JSON object."""
+
+    def __init__(self, json_lines: bool) -> None:
+        super().__init__()
+        self._json = json_lines
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS}
+        when = self.formatTime(record, "%Y-%m-%dT%H:%M:%S")
+        if self._json:
+            out = {"time": when, "level": record.levelname, "logger": record.name, "msg": record.getMessage(), **fields}
+            if record.exc_info:
+                out["exc"] = self.formatException(record.exc_info)
+            return json.dumps(out, default=str)
+        text = f"{when} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        text += "".join(f" {k}={v}" for k, v in fields.items())
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+def configure_logging(s: PluginSettings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter(s.log_format == "json"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(s.log_level.upper())
+
+
+def make_backend(s: PluginSettings) -> DieBackend:
+    if s.simulate:
+        from k80s.plugin.simulated import SimulatedBackend
+
+        return SimulatedBackend.from_spec(s.simulate, s.node_name or socket.gethostname(), s.simulate_faults)
+    from k80s.plugin.nvml import NvmlBackend
+
+    return NvmlBackend(s.nvml_library)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in args or "--help" in args:
+        print(plugin_settings.help_text())
+        return 0
+    try:
+        s = plugin_settings.load(args, os.environ)
+    except InvalidInput as exc:
+        print(f"k80s-plugin: error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(s)
+
+    from k80s.plugin.publisher import kubernetes_node_patch
+    from k80s.plugin.server import PluginServer
+
+    try:
+        backend = make_backend(s)
+        node_patch = kubernetes_node_patch(s.kubeconfig) if s.node_name else None
+    except K80sError as exc:
+        print(f"k80s-plugin: error: {exc}", file=sys.stderr)
+        return 2
+    if s.node_name and node_patch is None:
+        log.warning("no kubeconfig and not in a cluster: the k80s.io/dies annotation will not be published")
+    server = PluginServer(s, backend, node_patch)
+    stop_requested = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal received; stopping", extra={"signal": signal.Signals(signum).name})
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("k80s device plugin starting", extra={
+        "backend": backend.kind, "kubelet_root": str(s.kubelet_root), "node": s.node_name, "resource": plugin_settings.RESOURCE_NAME})
+    server.start()
+    try:
+        stop_requested.wait()
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""The device plugin process: wires the monitor, the gRPC service, registration, the Node
+publisher and the health/metrics server together, and keeps them alive across kubelet restarts.
+
+Life cycle (kubernetes.md §1.4, §1.9): serve on `<root>/device-plugins/<socket>` first, then
+register. A lifecycle thread checks both sockets every `socket_check_s`; if our socket is gone or
+replaced it serves again on a fresh one, and if `kubelet.sock` was recreated (or our socket was)
+it registers again. `stop()` ends the streams, removes our socket and shuts NVML down.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Final
+
+import grpc
+
+from k80s._proto.deviceplugin.v1beta1 import api_pb2_grpc as pb_grpc
+from k80s.core.errors import DeviceError
+from k80s.plugin.backend import DieBackend
+from k80s.plugin.health import HealthPolicy
+from k80s.plugin.metrics import HealthServer, PluginMetrics
+from k80s.plugin.monitor import DieMonitor
+from k80s.plugin.publisher import NodePatch, NodePublisher, PodResourcesClient
+from k80s.plugin.registration import SocketId, register, socket_id
+from k80s.plugin.servicer import OPTIONS, DevicePluginServicer
+from k80s.plugin.settings import RESOURCE_NAME, PluginSettings
+
+log = logging.getLogger(__name__)
+
+GRPC_WORKERS: Final = 16
+"""Each open ListAndWatch holds a worker; stale streams overlap during re-registration."""
+STOP_GRACE_S: Final = 1.0
+
+
+class PluginServer:
+    def __init__(self, settings: PluginSettings, backend: DieBackend, node_patch: NodePatch | None = None) -> None:
+        self.settings = settings
+        policy = HealthPolicy(settings.ignored_xids, settings.sticky_xids, settings.health_recovery_s)
+        self.monitor = DieMonitor(backend, policy, settings.context_reserve_mib, settings.memory_poll_s)
+        self.publisher: NodePublisher | None = None
+        self.metrics = PluginMetrics(self.monitor, lambda: dict(self.publisher.allocations) if self.publisher else {})
+        self.monitor.on_xid = self.metrics.on_xid
+        if node_patch is not None and settings.node_name:
+            self.publisher = NodePublisher(
+                self.monitor, settings.node_name, node_patch, PodResourcesClient(settings.pod_resources_socket),
+                RESOURCE_NAME, settings.pod_resources_poll_s,
+                on_patch=lambda outcome: self.metrics.node_patches.labels(outcome=outcome).inc())
+        self.http = HealthServer(settings.metrics_address, settings.metrics_port, self.metrics, self._live, self._ready)
+        self.registered = threading.Event()
+        self.registrations = 0
+        self._stop = threading.Event()
+        self._grpc: grpc.Server | None = None
+        self._servicer: DevicePluginServicer | None = None
+        self._serving: SocketId | None = None
+        self._registered_with: SocketId | None = None
+        self._lifecycle = threading.Thread(target=self._run, name="k80s-plugin-lifecycle", daemon=True)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self.settings.device_plugin_dir.mkdir(parents=True, exist_ok=True)
+        self.monitor.start()
+        self.http.start()
+        log.info("health and metrics listening", extra={"address": self.settings.metrics_address, "port": self.http.port})
+        if self.publisher is not None:
+            self.publisher.start()
+        self._lifecycle.start()
+
+    def stop(self) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._lifecycle.join(timeout=10)
+        self._stop_grpc()
+        if self.publisher is not None:
+            self.publisher.stop()
+        self.http.stop()
+        self.monitor.stop()
+        log.info("device plugin stopped")
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        return self._stop.wait(timeout_s)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def _run(self) -> None:
+        failures = 0
+        retry_at = 0.0
+        while not self._stop.is_set():
+            try:
+                own = socket_id(self.settings.plugin_socket)
+                if self._grpc is None or own is None or own != self._serving:
+                    if self._grpc is not None:
+                        log.warning("plugin socket gone or replaced; serving again", extra={"socket": str(self.settings.plugin_socket)})
+                    self._serve()
+                kubelet = socket_id(self.settings.kubelet_socket)
+                if kubelet is None:
+                    if self.registered.is_set():
+                        log.warning("kubelet.sock gone; waiting for the kubelet")
+                    self.registered.clear()
+                    self._registered_with = None
+                elif (kubelet != self._registered_with or not self.registered.is_set()) and time.monotonic() >= retry_at:
+                    if self._register(kubelet):
+                        failures = 0
+                    else:
+                        failures += 1
+                        retry_at = time.monotonic() + min(0.5 * 2 ** failures, 5.0)
+            except Exception:  # keep serving whatever happens; the next round retries
+                log.exception("plugin lifecycle round failed")
+            self._stop.wait(self.settings.socket_check_s)
+
+    def _serve(self) -> None:
+        self._stop_grpc()
+        path = self.settings.plugin_socket
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)  # a stale socket from an earlier run
+        servicer = DevicePluginServicer(self.monitor, on_call=self.metrics.on_rpc,
+                                        on_allocate=self.publisher.after_allocate if self.publisher else None)
+        server = grpc.server(ThreadPoolExecutor(max_workers=GRPC_WORKERS, thread_name_prefix="k80s-grpc"))
+        pb_grpc.add_DevicePluginServicer_to_server(servicer, server)
+        server.add_insecure_port(f"unix://{path}")
+        server.start()
+        self._grpc, self._servicer, self._serving = server, servicer, socket_id(path)
+        self.registered.clear()
+        log.info("serving the device plugin API", extra={"socket": str(path)})
+
+    def _register(self, kubelet: SocketId) -> bool:
+        try:
+            register(self.settings.kubelet_socket, self.settings.socket_name, RESOURCE_NAME, OPTIONS)
+        except DeviceError as exc:
+            self.metrics.registrations.labels(outcome="error").inc()
+            log.warning("registration failed; retrying", extra={"error": str(exc)})
+            return False
+        self._registered_with = kubelet
+        self.registrations += 1
+        self.registered.set()
+        self.metrics.registrations.labels(outcome="ok").inc()
+        log.info("registered with the kubelet", extra={"resource": RESOURCE_NAME, "endpoint": self.settings.socket_name})
+        return True
+
+    def _stop_grpc(self) -> None:
+        if self._servicer is not None:
+            self._servicer.close()
+        if self._grpc is not None:
+            self._grpc.stop(STOP_GRACE_S).wait(STOP_GRACE_S + 1)
+            if self._serving is not None and socket_id(self.settings.plugin_socket) == self._serving:
+                Path(self.settings.plugin_socket).unlink(missing_ok=True)
+        self._grpc, self._servicer, self._serving = None, None, None
+
+    # -- probes ------------------------------------------------------------------------------
+    def _live(self) -> tuple[bool, str]:
+        if not self._lifecycle.is_alive() and not self._stop.is_set():
+            return False, "lifecycle thread stopped"
+        return True, "ok"
+
+    def _ready(self) -> tuple[bool, str]:
+        state = self.monitor.state()
+        if not state.opened:
+            return False, f"dies not enumerated yet: {state.error or 'starting'}"
+        if not self.registered.is_set():
+            return False, "not registered with the kubelet"
+        return True, "ok"

@@ -1,0 +1,239 @@
+"""Settings of the device plugin: one frozen dataclass, flags and environment variables 1:1.
+
+Every field `some_name` is the flag `--some-name` and the environment variable
+`K80S_PLUGIN_SOME_NAME`. Precedence: flag > environment > default. `load(argv, environ)` is pure,
+so tests pass a list and a dict. Bad values raise `InvalidSpec` naming the flag and the variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Final
+
+from k80s.core.errors import InvalidSpec
+from k80s.core.inventory import CONTEXT_RESERVE_MIB
+
+ENV_PREFIX: Final = "K80S_PLUGIN_"
+RESOURCE_NAME: Final = "k80s.io/die"
+"""The extended resource the plugin registers (design.md, Names). Not a setting: the extender,
+the operator and the chart all count this name."""
+
+APPLICATION_XIDS: Final = frozenset({13, 31, 43, 45, 68, 109})
+"""XIDs caused by the application, not the die (NVIDIA's device plugin ignores the same list)."""
+
+STICKY_XIDS: Final = frozenset({48, 63, 64, 79})
+"""XIDs after which a die stays unhealthy until the plugin restarts (node reboot or GPU reset):
+double-bit ECC and page retirement (48, 63, 64) and 'fallen off the bus' (79)."""
+
+
+def _doc(text: str, **kw: Any) -> Any:
+    return field(metadata={"doc": text}, **kw)
+
+
+@dataclass(frozen=True, slots=True)
+class PluginSettings:
+    """Everything the device plugin can be told. Field docstrings live in `metadata["doc"]` and
+    are what `--help` and plugin/README.md print."""
+
+    kubelet_root: Path = _doc(
+        "Kubelet root directory; the plugin serves on <root>/device-plugins/<socket-name>, "
+        "registers at <root>/device-plugins/kubelet.sock and reads <root>/pod-resources/kubelet.sock. "
+        "k3s, k0s and microk8s move it, so it is configurable.",
+        default=Path("/var/lib/kubelet"))
+    socket_name: str = _doc(
+        "Basename of the plugin's own socket in the device-plugin directory.", default="k80s.sock")
+    node_name: str = _doc(
+        "Name of this node's Node object (in a DaemonSet: the downward API spec.nodeName). Empty: "
+        "the k80s.io/dies annotation and labels are not published.", default="")
+    kubeconfig: str = _doc(
+        "Kubeconfig used to patch the Node. Empty: in-cluster service-account credentials.",
+        default="")
+    simulate: str = _doc(
+        "Use the simulated backend instead of NVML: a node shape such as '4xK80' (idle dies as "
+        "design.md specifies) or the path of a YAML/JSON die file (plugin/examples/).", default="")
+    simulate_faults: str = _doc(
+        "Simulated backend only: a JSON-lines file the plugin follows; each appended line injects "
+        "a fault (an XID, memory use, an NVML or per-die query error). See plugin/README.md.",
+        default="")
+    nvml_library: str = _doc(
+        "Path of libnvidia-ml.so.1 to load instead of the dynamic loader's choice.", default="")
+    context_reserve_mib: int = _doc(
+        "MiB a runtime's own CUDA context takes; freeMiB = NVML free - this. 68 reproduces the "
+        "seed's logged 11366 MiB free on an idle die (11441 total, 7 used).",
+        default=CONTEXT_RESERVE_MIB)
+    metrics_address: str = _doc(
+        "Address of the /healthz, /readyz and /metrics HTTP server.", default="0.0.0.0")
+    metrics_port: int = _doc(
+        "Port of the /healthz, /readyz and /metrics HTTP server; 0 picks a free port (logged).",
+        default=9480)
+    ignored_xids: frozenset[int] = _doc(
+        "Comma-separated XIDs that never make a die unhealthy (application errors). They are "
+        "still counted in metrics.", default=APPLICATION_XIDS)
+    sticky_xids: frozenset[int] = _doc(
+        "Comma-separated XIDs after which a die stays unhealthy until the plugin restarts "
+        "(XID 79 also takes the other die of the board).", default=STICKY_XIDS)
+    health_recovery_s: float = _doc(
+        "Quiet period in seconds after a non-sticky critical XID before the die is healthy again "
+        "(its queries must also succeed). 600 s follows NVIDIA's guidance to watch for repeats.",
+        default=600.0)
+    memory_poll_s: float = _doc(
+        "Seconds between NVML memory readings (and, where XID events are not supported, "
+        "between health queries).", default=5.0)
+    pod_resources_poll_s: float = _doc(
+        "Seconds between kubelet pod-resources List calls (kubelet rate-limits that API; an "
+        "Allocate also triggers a refresh).", default=5.0)
+    socket_check_s: float = _doc(
+        "Seconds between checks of kubelet.sock and the plugin's own socket (kubelet restarts). "
+        "Re-registration follows within about twice this.", default=0.5)
+    log_format: str = _doc("Log format: 'text' or 'json'.", default="text")
+    log_level: str = _doc("Log level: DEBUG, INFO, WARNING or ERROR.", default="INFO")
+
+    @property
+    def device_plugin_dir(self) -> Path:
+        return self.kubelet_root / "device-plugins"
+
+    @property
+    def plugin_socket(self) -> Path:
+        return self.device_plugin_dir / self.socket_name
+
+    @property
+    def kubelet_socket(self) -> Path:
+        return self.device_plugin_dir / "kubelet.sock"
+
+    @property
+    def pod_resources_socket(self) -> Path:
+        return self.kubelet_root / "pod-resources" / "kubelet.sock"
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def describe() -> list[tuple[str, str, str, str]]:
+    """(flag, env, default, doc) for every setting: the table in plugin/README.md and --help."""
+    rows = []
+    for f in fields(PluginSettings):
+        default = getattr(PluginSettings(), f.name)
+        rows.append((flag_name(f.name), env_name(f.name), _text(default), f.metadata["doc"]))
+    return rows
+
+
+def load(argv: Sequence[str], environ: Mapping[str, str]) -> PluginSettings:
+    """Settings from command-line flags and the environment (flags win). Pure."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(list(argv))
+    except _ParseError as exc:
+        raise InvalidSpec("k80s-plugin", str(exc)) from None
+    values: dict[str, Any] = {}
+    for f in fields(PluginSettings):
+        raw = getattr(args, f.name)
+        source = flag_name(f.name)
+        if raw is None:
+            raw = environ.get(env_name(f.name))
+            source = env_name(f.name)
+        if raw is None:
+            continue
+        values[f.name] = _convert(f.name, str(raw), f"{flag_name(f.name)} / {env_name(f.name)}")
+    settings = PluginSettings(**values)
+    _validate(settings)
+    return settings
+
+
+def help_text() -> str:
+    return _parser().format_help()
+
+
+class _ParseError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # never sys.exit inside a pure loader
+        raise _ParseError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="k80s-plugin",
+        description="k80s device plugin: advertises each K80 die as one k80s.io/die device.",
+        add_help=False,
+    )
+    for f in fields(PluginSettings):
+        default = getattr(PluginSettings(), f.name)
+        parser.add_argument(
+            flag_name(f.name), dest=f.name, default=None, metavar="VALUE",
+            help=f"{f.metadata['doc']} [env {env_name(f.name)}; default {_text(default)!s}]",
+        )
+    return parser
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, frozenset):
+        return ",".join(str(v) for v in sorted(value))
+    return str(value)
+
+
+_INTS = {"context_reserve_mib", "metrics_port"}
+_FLOATS = {"health_recovery_s", "memory_poll_s", "pod_resources_poll_s", "socket_check_s"}
+_XIDS = {"ignored_xids", "sticky_xids"}
+
+
+def _convert(name: str, raw: str, where: str) -> Any:
+    text = raw.strip()
+    if name == "kubelet_root":
+        if not text:
+            raise InvalidSpec(where, "must not be empty")
+        return Path(text)
+    if name in _INTS:
+        try:
+            return int(text)
+        except ValueError:
+            raise InvalidSpec(where, f"{raw!r} is not an integer") from None
+    if name in _FLOATS:
+        try:
+            return float(text)
+        except ValueError:
+            raise InvalidSpec(where, f"{raw!r} is not a number of seconds") from None
+    if name in _XIDS:
+        xids = set()
+        for part in text.split(","):
+            if not part.strip():
+                continue
+            if not part.strip().isdigit():
+                raise InvalidSpec(where, f"{part.strip()!r} is not an XID number (expected e.g. 13,31,43)")
+            xids.add(int(part))
+        return frozenset(xids)
+    return text
+
+
+def _validate(s: PluginSettings) -> None:
+    if s.context_reserve_mib < 0:
+        raise InvalidSpec(_where("context_reserve_mib"), f"{s.context_reserve_mib} must be >= 0")
+    if not 0 <= s.metrics_port <= 65535:
+        raise InvalidSpec(_where("metrics_port"), f"{s.metrics_port} is not a TCP port (0..65535)")
+    for name in _FLOATS:
+        value = getattr(s, name)
+        if value < 0 or (value == 0 and name != "health_recovery_s"):
+            raise InvalidSpec(_where(name), f"{value} must be positive")
+    if "/" in s.socket_name or not s.socket_name:
+        raise InvalidSpec(_where("socket_name"), f"{s.socket_name!r} must be a plain file name")
+    if s.log_format not in ("text", "json"):
+        raise InvalidSpec(_where("log_format"), f"{s.log_format!r} is not 'text' or 'json'")
+    if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise InvalidSpec(_where("log_level"), f"{s.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
+    if s.simulate_faults and not s.simulate:
+        raise InvalidSpec(_where("simulate_faults"), "needs --simulate (faults are injected into the simulated backend)")
+    if len(str(s.plugin_socket)) > 107:
+        raise InvalidSpec(_where("kubelet_root"), f"socket path {s.plugin_socket} is longer than 107 bytes (unix socket limit)")
+
+
+def _where(name: str) -> str:
+    return f"{flag_name(name)} / {env_name(name)}"
