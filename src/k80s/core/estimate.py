@@ -63,12 +63,24 @@ class DieBreakdown:
 
 @dataclass(frozen=True, slots=True)
 class Estimate:
-    """The estimator's answer for one ordered die list (design.md, the Estimate object)."""
+    """The estimator's answer for one ordered die list (design.md, the Estimate object).
+
+    Per-die values are parallel tuples in the order the dies were given (empty when nothing was
+    placed); `dies` gives them as `DieBreakdown` records.
+    """
 
     model: str
     policy: str
     fits: bool
-    dies: tuple[DieBreakdown, ...]  # the die list in the order given (empty when nothing was placed)
+    die_indices: tuple[int, ...]
+    die_free_bytes: tuple[int, ...]
+    tensor_split: tuple[int, ...]  # layers per die in list (CUDA) order
+    per_die_bytes: tuple[int, ...]  # Ollama's GPUSizes
+    die_reserve_bytes: tuple[int, ...]
+    die_weights_bytes: tuple[int, ...]
+    die_kv_bytes: tuple[int, ...]
+    die_output_bytes: tuple[int, ...]
+    die_graph_bytes: tuple[int, ...]
     vram_bytes: int
     total_bytes: int
     layers_offloaded: int
@@ -84,22 +96,26 @@ class Estimate:
     batch_tokens: int
 
     @property
-    def per_die_bytes(self) -> tuple[int, ...]:
-        return tuple(d.total_bytes for d in self.dies)
-
-    @property
-    def tensor_split(self) -> tuple[int, ...]:
-        """Layers per die in list (CUDA) order."""
-        return tuple(d.layers for d in self.dies)
+    def dies(self) -> tuple[DieBreakdown, ...]:
+        return tuple(
+            DieBreakdown(*fields)
+            for fields in zip(
+                self.die_indices,
+                self.die_free_bytes,
+                self.tensor_split,
+                self.die_reserve_bytes,
+                self.die_weights_bytes,
+                self.die_kv_bytes,
+                self.die_output_bytes,
+                self.die_graph_bytes,
+                strict=True,
+            )
+        )
 
     @property
     def dies_used(self) -> int:
         """Dies holding at least one layer; the die count a pod must get."""
-        return sum(1 for d in self.dies if d.layers > 0)
-
-    @property
-    def die_indices(self) -> tuple[int, ...]:
-        return tuple(d.index for d in self.dies)
+        return sum(1 for c in self.tensor_split if c > 0)
 
     @property
     def weights_bytes(self) -> int:
@@ -149,11 +165,14 @@ class _ModelSizes:
     """Option-independent sizes of one profile in one era, computed once per profile."""
 
     blocks: tuple[int | None, ...]  # size(blk.i), None when the group is missing
+    block_weights: tuple[int, ...]  # size of block i as the loop sees it (missing groups carried over)
+    kv_source: tuple[int, ...] | None  # whose KV block i carries; None when no group is missing
     first_block: int
     repeating: int
     output: int  # Wout (step 7)
     vision_weights: int
     vision_graph: int
+    heads_over_kv_min: int  # H div max(Hkv_min, 1), for the fallback graph
 
 
 def _model_sizes(profile: ModelProfile, v012: bool) -> _ModelSizes:
@@ -174,13 +193,25 @@ def _model_sizes(profile: ModelProfile, v012: bool) -> _ModelSizes:
             else profile.group_bytes("token_embd", v012=v012)
         )
         w_vis, g_vis = vision_graph_size(profile, v012=v012)
+        weights, source = [], []
+        w, src = profile.group_bytes("blk.0", v012=v012), 0
+        for i in range(profile.block_count - 1, -1, -1):  # the loop runs from L−1 down (quirk 17)
+            if blocks[i] is not None:
+                w, src = blocks[i], i
+            weights.append(w)
+            source.append(src)
+        weights.reverse()
+        source.reverse()
         sizes = _ModelSizes(
             blocks=blocks,
+            block_weights=tuple(weights),
+            kv_source=None if all(b is not None for b in blocks) else tuple(source),
             first_block=profile.group_bytes("blk.0", v012=v012),
             repeating=sum(b for b in blocks if b is not None),
             output=output,
             vision_weights=w_vis,
             vision_graph=g_vis,
+            heads_over_kv_min=profile.heads_max // max(profile.kv_heads_min, 1),
         )
         cache[v012] = sizes
     return sizes
@@ -225,6 +256,66 @@ def _model_supports_flash_attention(profile: ModelProfile, v012: bool) -> bool:
     return profile.key_dim == profile.value_dim != 0
 
 
+_Fill = tuple[list[int], list[int], list[int], int, int]
+
+
+def _fill_last_die_first(
+    block_w: Sequence[int], block_kv: Sequence[int], cap: int, accepted: list[int], room: list[int], n: int
+) -> _Fill:
+    """Seed fill: every block goes to the last remaining die; a die that rejects one is dropped.
+    Blocks at or above `cap` from the top are placed first (num_gpu counts placements)."""
+    count, weights, kv_on = [0] * n, [0] * n, [0] * n
+    placed = unplaced = 0
+    pos = len(accepted) - 1
+    n_blocks = len(block_w)
+    for i in range(n_blocks - 1, n_blocks - 1 - cap, -1):
+        w, k = block_w[i], block_kv[i]
+        layer = w + k
+        while pos >= 0:
+            g = accepted[pos]
+            if room[g] > layer:
+                room[g] -= layer
+                weights[g] += w
+                kv_on[g] += k
+                count[g] += 1
+                placed += 1
+                break
+            pos -= 1  # permanent drop (quirk 3)
+        else:
+            unplaced += layer
+    del accepted[pos + 1 :]
+    return count, weights, kv_on, placed, unplaced
+
+
+def _fill_dealt(
+    block_w: Sequence[int], block_kv: Sequence[int], cap: int, accepted: list[int], room: list[int], n: int, fill: Fill
+) -> _Fill:
+    """Baseline fill: block i to S[i mod j] (round-robin) or S[placed mod j] (fabe2c5c)."""
+    count, weights, kv_on = [0] * n, [0] * n, [0] * n
+    placed = unplaced = 0
+    n_blocks = len(block_w)
+    by_index = fill is Fill.ROUND_ROBIN
+    for i in range(n_blocks - 1, n_blocks - 1 - cap, -1):
+        w, k = block_w[i], block_kv[i]
+        layer = w + k
+        j = len(accepted)
+        while j > 0:
+            slot = (i if by_index else placed) % j
+            g = accepted[slot]
+            if room[g] > layer:
+                room[g] -= layer
+                weights[g] += w
+                kv_on[g] += k
+                count[g] += 1
+                placed += 1
+                break
+            del accepted[slot]  # permanent drop (quirk 3)
+            j -= 1
+        else:
+            unplaced += layer
+    return count, weights, kv_on, placed, unplaced
+
+
 def estimate(profile: ModelProfile, dies: Sequence[DieCapacity], options: EstimateOptions) -> Estimate:
     """Size `profile` on `dies` in the given order (estimator.md §8, steps 1–13)."""
     policy = options.resolved_policy
@@ -252,7 +343,7 @@ def estimate(profile: ModelProfile, dies: Sequence[DieCapacity], options: Estima
     # Step 5: fallback for architectures without a formula; then the graph safety multiplier (§13.4).
     g_partial, g_full = graph.partial, graph.full
     if g_partial == 0:
-        g_partial = (profile.heads_max // max(profile.kv_heads_min, 1)) * kv_total // 6
+        g_partial = sizes.heads_over_kv_min * kv_total // 6
     if g_full == 0:
         g_full = g_partial
     multiplier = options.multiplier
@@ -284,45 +375,25 @@ def estimate(profile: ModelProfile, dies: Sequence[DieCapacity], options: Estima
     else:
         graph_res = [g_max] * n
 
-    # Step 10: repeating blocks from L−1 down to 0.
-    count = [0] * n
-    weights = [0] * n
-    kv_on = [0] * n
-    overflow = 0
-    placed = 0
-    fill = policy.fill
-    blocks = sizes.blocks
-    block_w, block_kv = sizes.first_block, kv0  # carried over when a blk.i group is missing
-    for i in range(n_blocks - 1, -1, -1):
-        size_i = blocks[i]
-        if size_i is not None:
-            block_w, block_kv = size_i, kv[i]
-        layer = block_w + block_kv
-        if 0 <= num_gpu <= placed:
-            overflow += layer
-            continue
-        j = len(accepted)
-        done = False
-        while j > 0:
-            if fill is Fill.REVERSE:
-                k = j - 1
-            elif fill is Fill.ROUND_ROBIN:
-                k = i % j
-            else:
-                k = placed % j
-            g = accepted[k]
-            if free[g] > overhead + alloc[g] + graph_res[g] + layer:
-                alloc[g] += layer
-                weights[g] += block_w
-                kv_on[g] += block_kv
-                count[g] += 1
-                placed += 1
-                done = True
-                break
-            del accepted[k]  # permanent drop (quirk 3)
-            j -= 1
-        if not done and policy.overflow_unplaced:
-            overflow += layer
+    # Step 10: repeating blocks from L−1 down to 0. `room[g]` is what a die may still take:
+    # free − overhead − its graph reservation − what it already holds (the fit check is strict >).
+    room = [free[g] - overhead - graph_res[g] - alloc[g] for g in range(n)]
+    block_w = sizes.block_weights
+    block_kv = kv if sizes.kv_source is None else [kv[j] for j in sizes.kv_source]
+    cap = n_blocks if num_gpu < 0 else min(num_gpu, n_blocks)
+    if policy.fill is Fill.REVERSE:
+        count, weights, kv_on, placed, unplaced = _fill_last_die_first(block_w, block_kv, cap, accepted, room, n)
+    else:
+        count, weights, kv_on, placed, unplaced = _fill_dealt(block_w, block_kv, cap, accepted, room, n, policy.fill)
+    never_offered = sum(block_w[: n_blocks - cap]) + sum(block_kv[: n_blocks - cap])
+    if placed >= cap:  # the num_gpu cap was reached: the rest spills (counted by every policy)
+        overflow = never_offered
+    else:  # the dies ran out first, so the rest would not have been placed either
+        overflow, unplaced = 0, unplaced + never_offered
+    if policy.overflow_unplaced:
+        overflow += unplaced
+    for g in range(n):
+        alloc[g] += weights[g] + kv_on[g]
     fully_loaded = placed >= n_blocks
 
     # Step 11: the "last layer": output weights plus the vision tower, as one unit (quirk 5).
@@ -331,7 +402,7 @@ def estimate(profile: ModelProfile, dies: Sequence[DieCapacity], options: Estima
     if last > 0:
         if num_gpu < 0 or placed < num_gpu:
             for j in range(len(accepted), 0, -1):
-                g = accepted[j - 1] if fill is Fill.REVERSE else accepted[placed % j]
+                g = accepted[j - 1] if policy.fill is Fill.REVERSE else accepted[placed % j]
                 if free[g] > overhead + alloc[g] + graph_res[g] + last:
                     alloc[g] += last
                     output_on[g] = last
@@ -354,27 +425,27 @@ def estimate(profile: ModelProfile, dies: Sequence[DieCapacity], options: Estima
     vram = sum(alloc)
     total = vram + overflow
     if placed == 0 or n == 0:
-        placed, vram, breakdown = 0, 0, ()
+        placed, vram = 0, 0
+        per_die: tuple[tuple[int, ...], ...] = ((),) * 8
     else:
-        breakdown = tuple(
-            DieBreakdown(
-                index=d.index,
-                free_bytes=d.free_bytes,
-                layers=count[g],
-                reserve_bytes=reserve[g],
-                weights_bytes=weights[g],
-                kv_bytes=kv_on[g],
-                output_bytes=output_on[g],
-                graph_bytes=graph_on[g],
-            )
-            for g, d in enumerate(dies)
+        per_die = (
+            tuple(d.index for d in dies), tuple(free), tuple(count), tuple(alloc), tuple(reserve),
+            tuple(weights), tuple(kv_on), tuple(output_on),
         )
     fits = placed > 0 and (placed >= n_blocks + 1 if num_gpu < 0 else placed >= num_gpu)
     return Estimate(
         model=profile.name,
         policy=policy.id,
         fits=fits,
-        dies=breakdown,
+        die_indices=per_die[0],
+        die_free_bytes=per_die[1],
+        tensor_split=per_die[2],
+        per_die_bytes=per_die[3],
+        die_reserve_bytes=per_die[4],
+        die_weights_bytes=per_die[5],
+        die_kv_bytes=per_die[6],
+        die_output_bytes=per_die[7],
+        die_graph_bytes=tuple(graph_on) if placed else (),
         vram_bytes=vram,
         total_bytes=total,
         layers_offloaded=placed,

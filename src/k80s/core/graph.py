@@ -32,17 +32,20 @@ def kv_per_layer(
     """Per-layer KV bytes after architecture overrides, and the default total (§4, §13.3)."""
     n = profile.block_count
     dkv = profile.key_dim + profile.value_dim
+    hkv = profile.kv_heads_max
     if v012:
         default = [_v012_layer_kv(profile, i, context, dkv, bpe) for i in range(n)]
-    else:
-        default = [int(context * dkv * profile.kv_heads_max * bpe)] * n
-    total_default = sum(default)
+        total_default = sum(default)
+    else:  # every layer full attention with the maximum KV-head count
+        full_layer = int(context * dkv * hkv * bpe)
+        default = [full_layer] * n
+        total_default = full_layer * n
     kv = default
     arch = profile.architecture
-    hkv = profile.kv_heads_max
     if arch == "gemma3":
-        local = int((parallel * profile.sliding_window + batch) * dkv * hkv * bpe)
-        kv = [v if (i + 1) % GEMMA3_GLOBAL_EVERY == 0 else local for i, v in enumerate(default)]
+        kv = [int((parallel * profile.sliding_window + batch) * dkv * hkv * bpe)] * n
+        last = GEMMA3_GLOBAL_EVERY - 1
+        kv[last::GEMMA3_GLOBAL_EVERY] = default[last::GEMMA3_GLOBAL_EVERY]  # global layers keep full context
     elif arch == "mllama":
         kv = list(default)
         cross = hkv * dkv * 4 * MLLAMA_VISION_TOKENS * 4

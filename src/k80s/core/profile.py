@@ -130,37 +130,51 @@ class ModelProfile:
         object.__setattr__(self, "head_count", tuple(self.head_count))
         object.__setattr__(self, "head_count_kv", tuple(self.head_count_kv))
         object.__setattr__(self, "cross_attention_layers", tuple(self.cross_attention_layers))
+        # Derived header values, read in the estimator's hot path: computed once.
+        h_min = min(self.head_count, default=1)
+        head_dim = self.embedding_length // h_min if h_min else 0
+        object.__setattr__(self, "_heads", (max(self.head_count, default=1), h_min))
+        object.__setattr__(self, "_kv_heads", (max(self.head_count_kv, default=1), min(self.head_count_kv, default=1)))
+        object.__setattr__(
+            self,
+            "_dims",
+            (
+                head_dim,
+                self.key_length if self.key_length is not None else head_dim,
+                self.value_length if self.value_length is not None else head_dim,
+            ),
+        )
 
     # -- derived header values (estimator.md §3.2) -------------------------------------------
 
     @property
     def heads_max(self) -> int:
-        return max(self.head_count, default=1)
+        return self._heads[0]  # type: ignore[attr-defined,no-any-return]
 
     @property
     def heads_min(self) -> int:
-        return min(self.head_count, default=1)
+        return self._heads[1]  # type: ignore[attr-defined,no-any-return]
 
     @property
     def kv_heads_max(self) -> int:
-        return max(self.head_count_kv, default=1)
+        return self._kv_heads[0]  # type: ignore[attr-defined,no-any-return]
 
     @property
     def kv_heads_min(self) -> int:
-        return min(self.head_count_kv, default=1)
+        return self._kv_heads[1]  # type: ignore[attr-defined,no-any-return]
 
     @property
     def head_dim(self) -> int:
         """`E div H_min` (upstream divides by the *minimum* head count)."""
-        return self.embedding_length // self.heads_min if self.heads_min else 0
+        return self._dims[0]  # type: ignore[attr-defined,no-any-return]
 
     @property
     def key_dim(self) -> int:
-        return self.key_length if self.key_length is not None else self.head_dim
+        return self._dims[1]  # type: ignore[attr-defined,no-any-return]
 
     @property
     def value_dim(self) -> int:
-        return self.value_length if self.value_length is not None else self.head_dim
+        return self._dims[2]  # type: ignore[attr-defined,no-any-return]
 
     def layer_heads(self, i: int) -> int:
         hc = self.head_count
