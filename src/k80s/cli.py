@@ -157,7 +157,7 @@ def models(as_json: bool) -> None:
     Grades: A = confirmed by an Ollama/ollama37 log or reproduced exactly; B = the model's
     published config; C = widely published but unverified, or derived (see the notes).
     """
-    rows = []
+    rows: list[dict[str, Any]] = []
     for e in catalogue.entries():
         p = e.profile
         rows.append(
@@ -195,7 +195,8 @@ def models(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def inspect(path: str, as_json: bool) -> None:
     """Summarise the header of a GGUF file (tensor data is never read)."""
-    from k80s.core.gguf import describe_header, parse_gguf_file
+    from k80s.core.gguf import parse_gguf_file
+    from k80s.core.modelfile import describe_header
 
     try:
         header = parse_gguf_file(path)

@@ -32,7 +32,8 @@ def resolve_local(ref: str) -> ModelProfile:
         with path.open("rb") as f:
             magic = f.read(4)
         if magic == GGUF_MAGIC:
-            from k80s.core.gguf import parse_gguf_file, profile_from_gguf
+            from k80s.core.gguf import parse_gguf_file
+            from k80s.core.modelfile import profile_from_gguf
 
             return profile_from_gguf(parse_gguf_file(path), name=path.name, source=f"gguf:{path}")
         return load_profile_file(path)

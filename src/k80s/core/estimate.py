@@ -196,8 +196,9 @@ def _model_sizes(profile: ModelProfile, v012: bool) -> _ModelSizes:
         weights, source = [], []
         w, src = profile.group_bytes("blk.0", v012=v012), 0
         for i in range(profile.block_count - 1, -1, -1):  # the loop runs from L−1 down (quirk 17)
-            if blocks[i] is not None:
-                w, src = blocks[i], i
+            size_i = blocks[i]
+            if size_i is not None:
+                w, src = size_i, i
             weights.append(w)
             source.append(src)
         weights.reverse()

@@ -70,4 +70,6 @@ def plan_for_idle_dies(
 
 def renumber(est: Estimate, indices: Sequence[int]) -> Estimate:
     """The same estimate with its dies relabelled (e.g. plan positions → a node's die indices)."""
-    return replace(est, dies=tuple(replace(d, index=i) for d, i in zip(est.dies, indices, strict=True)))
+    if len(indices) != len(est.die_indices):
+        raise ValueError(f"{len(indices)} indices for {len(est.die_indices)} dies")
+    return replace(est, die_indices=tuple(indices))
