@@ -1,0 +1,507 @@
+"""The simulated kubelet: one per simulated K80 node (test-control-plane.md §7).
+
+Owns the pod side of a kubelet for one node: it registers the Node, watches the pods bound to it
+(`spec.nodeName=<node>`), admits each new pod once in order of arrival, marks admitted pods
+Running/Ready (so Deployments become available), fails rejected ones the way kubelet does, frees
+the dies of pods that end, and makes the final delete of pods being deleted. It runs no
+containers.
+
+Two modes:
+- **static** (no device manager): fixed `k80s.io/die` capacity/allocatable = 2 × boards and the
+  static `k80s.io/dies` annotation of idle dies; admission is kubelet's resource check alone.
+- **with a `DeviceManager`** (`k80s.localcluster.devicemanager`): capacity/allocatable come from
+  the device manager's callback; after the resource check the device manager admits the pod
+  (Allocate), and its answer is recorded on the pod as `localcluster.k80s.io/allocate`.
+  Registration, ListAndWatch, the checkpoint and pod-resources belong to the device manager.
+
+`SimulatedNode` and `start_simulated_nodes` bundle a node's name, root directory and kubelet for
+the fixtures and `k80s demo`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import tempfile
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import kubernetes.client
+from kubernetes.client.exceptions import ApiException
+
+from k80s.core.inventory import parse_node_shape
+from k80s.localcluster import nodes
+from k80s.localcluster.devicemanager import ALLOCATE_ANNOTATION, DIE_RESOURCE, Admission, DeviceManager, pod_die_request
+
+log = logging.getLogger(__name__)
+
+OUT_OF_DIES_REASON: Final = f"OutOf{DIE_RESOURCE}"
+"""kubelet's reason for a pod rejected by the resource check: `OutOf<resource name>`."""
+
+UNEXPECTED_ADMISSION_ERROR: Final = "UnexpectedAdmissionError"
+WATCH_TIMEOUT_S: Final = 30
+"""Server-side watch timeout; the watch is then re-opened from the last resourceVersion."""
+
+RETRY_BACKOFF_S: Final = (0.2, 0.5, 1.0, 2.0, 5.0)
+TERMINAL_PHASES: Final = frozenset({"Succeeded", "Failed"})
+
+DeviceManagerFactory = Callable[[str, Path], DeviceManager]
+"""Builds the device manager of one node from (node name, node root directory)."""
+
+
+@dataclass
+class _PodRecord:
+    uid: str
+    namespace: str
+    name: str
+    dies: int = 0
+    active: bool = False  # admitted and not ended: holds its dies
+    device_admitted: bool = False  # the device manager allocated for it (release on end)
+    delete_sent: bool = False
+
+
+class _Gone(Exception):
+    """The watch's resourceVersion is too old (HTTP 410): relist."""
+
+
+class SimulatedKubelet:
+    """Admits the pods bound to one simulated node and reports them Running/Ready."""
+
+    def __init__(
+        self,
+        api_client: kubernetes.client.ApiClient,
+        node_name: str,
+        boards: int,
+        root: Path,
+        device_manager: DeviceManager | None = None,
+        *,
+        labels: Mapping[str, str] | None = None,
+        watch_timeout_s: int = WATCH_TIMEOUT_S,
+    ) -> None:
+        """`root`: this node's short directory (from `tempfile.mkdtemp()`; unix socket paths are
+        limited to ~107 bytes). It gets `device-plugins/` and `pod-resources/` like kubelet's."""
+        if boards < 1:
+            raise ValueError(f"boards must be >= 1, got {boards}")
+        self.api_client = api_client
+        self.node_name = node_name
+        self.boards = boards
+        self.root = Path(root)
+        self.device_manager = device_manager
+        self.labels = dict(labels or {})
+        self._core = kubernetes.client.CoreV1Api(api_client)
+        self._watch_timeout_s = watch_timeout_s
+        self._pods: dict[str, _PodRecord] = {}
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._synced = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._response: Any = None
+        self._ip_counter = 0
+        self._node_token = zlib.crc32(node_name.encode())
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def static(self) -> bool:
+        """True without a device manager: fixed capacity and a static `k80s.io/dies` annotation."""
+        return self.device_manager is None
+
+    @property
+    def static_dies(self) -> int:
+        return 2 * self.boards
+
+    def start(self, timeout_s: float = 30.0) -> SimulatedKubelet:
+        """Register the Node, start the device manager (if any) and the pod watch; wait for the
+        first pod list so that every pod bound from now on is seen."""
+        (self.root / "device-plugins").mkdir(parents=True, exist_ok=True)
+        (self.root / "pod-resources").mkdir(parents=True, exist_ok=True)
+        self.register_node()
+        if self.device_manager is not None:
+            self.device_manager.start(self._on_resources_changed)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=f"kubelet-{self.node_name}", daemon=True)
+        self._thread.start()
+        if not self._synced.wait(timeout_s):
+            self.stop()
+            raise TimeoutError(f"simulated kubelet {self.node_name}: no pod list from the API server in {timeout_s:.0f} s")
+        return self
+
+    def request_stop(self) -> None:
+        """Ask the watch thread to end (returns at once; `stop()` waits)."""
+        self._stop.set()
+        response = self._response
+        if response is not None:
+            with contextlib.suppress(Exception):
+                response.shutdown()
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """Stop the pod watch and the device manager. The Node object stays (see `delete_node`)."""
+        self.request_stop()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+        if self.device_manager is not None:
+            self.device_manager.stop()
+
+    def restart(self) -> None:
+        """A kubelet restart: the device manager drops its sockets and recreates kubelet.sock;
+        running pods keep their dies. In static mode the Node's status is re-registered."""
+        if self.device_manager is not None:
+            self.device_manager.restart()
+        else:
+            self.register_node()
+
+    def delete_node(self) -> None:
+        nodes.delete_node(self._core, self.node_name)
+
+    def __enter__(self) -> SimulatedKubelet:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def register_node(self) -> None:
+        nodes.register_node(
+            self._core, nodes.node_manifest(self.node_name, self.boards, static_dies=self.static, labels=self.labels)
+        )
+
+    def active_pods(self) -> dict[str, str]:
+        """UID → `namespace/name` of the pods admitted and not ended (they hold dies)."""
+        with self._lock:
+            return {r.uid: f"{r.namespace}/{r.name}" for r in self._pods.values() if r.active}
+
+    def dies_in_use(self) -> int:
+        with self._lock:
+            return sum(r.dies for r in self._pods.values() if r.active)
+
+    # -- device manager callback -----------------------------------------------------------
+
+    def _on_resources_changed(self, capacity: int, allocatable: int) -> None:
+        body = {"status": {"capacity": {DIE_RESOURCE: str(capacity)}, "allocatable": {DIE_RESOURCE: str(allocatable)}}}
+        try:
+            self._core.patch_node_status(self.node_name, body)
+        except ApiException as exc:
+            log.warning("node status patch failed", extra={"node": self.node_name, "status": exc.status})
+
+    # -- the watch loop --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        resource_version: str | None = None
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                if resource_version is None:
+                    resource_version = self._relist()
+                    self._synced.set()
+                resource_version = self._watch(resource_version)
+                failures = 0
+            except _Gone:
+                resource_version = None
+            except Exception as exc:  # noqa: BLE001 - the kubelet must survive API hiccups
+                if self._stop.is_set():
+                    break
+                delay = RETRY_BACKOFF_S[min(failures, len(RETRY_BACKOFF_S) - 1)]
+                failures += 1
+                log.warning("pod watch failed, relisting", extra={"node": self.node_name, "error": repr(exc)})
+                resource_version = None
+                self._stop.wait(delay)
+
+    def _field_selector(self) -> str:
+        return f"spec.nodeName={self.node_name}"
+
+    def _relist(self) -> str:
+        """List the node's pods, handle each (oldest first), forget pods that disappeared."""
+        response = self._core.list_pod_for_all_namespaces(field_selector=self._field_selector(), _preload_content=False)
+        listed = json.loads(response.data)
+        items = sorted(
+            listed.get("items") or [],
+            key=lambda p: (p["metadata"].get("creationTimestamp") or "", p["metadata"]["name"]),
+        )
+        seen = set()
+        for pod in items:
+            seen.add(pod["metadata"]["uid"])
+            self._handle(pod, deleted=False)
+        with self._lock:
+            vanished = [uid for uid in self._pods if uid not in seen]
+        for uid in vanished:
+            self._forget(uid)
+        return str(listed["metadata"]["resourceVersion"])
+
+    def _watch(self, resource_version: str) -> str:
+        """Follow the watch until the server closes it; returns the last resourceVersion seen."""
+        try:
+            response = self._core.list_pod_for_all_namespaces(
+                field_selector=self._field_selector(),
+                watch=True,
+                resource_version=resource_version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=self._watch_timeout_s,
+                _preload_content=False,
+                _request_timeout=(10, self._watch_timeout_s + 30),
+            )
+        except ApiException as exc:
+            if exc.status == 410:
+                raise _Gone from None
+            raise
+        self._response = response
+        try:
+            for line in _lines(response):
+                if self._stop.is_set():
+                    break
+                event = json.loads(line)
+                kind, obj = event.get("type"), event.get("object") or {}
+                if kind == "ERROR":
+                    if obj.get("code") == 410:
+                        raise _Gone
+                    raise ApiException(status=obj.get("code"), reason=f"{obj.get('reason')}: {obj.get('message')}")
+                resource_version = str(obj.get("metadata", {}).get("resourceVersion") or resource_version)
+                if kind == "BOOKMARK":
+                    continue
+                self._handle(obj, deleted=kind == "DELETED")
+        finally:
+            self._response = None
+            with contextlib.suppress(Exception):
+                response.release_conn()
+        return resource_version
+
+    # -- pod handling ----------------------------------------------------------------------
+
+    def _handle(self, pod: Mapping[str, Any], *, deleted: bool) -> None:
+        meta = pod.get("metadata") or {}
+        uid = str(meta.get("uid"))
+        try:
+            if deleted:
+                self._forget(uid)
+                return
+            phase = (pod.get("status") or {}).get("phase")
+            with self._lock:
+                record = self._pods.get(uid)
+                first_sight = record is None
+                if record is None:
+                    record = _PodRecord(uid=uid, namespace=meta.get("namespace", ""), name=meta.get("name", ""))
+                    self._pods[uid] = record
+            if meta.get("deletionTimestamp"):
+                self._end(record)
+                self._final_delete(record)
+            elif phase in TERMINAL_PHASES:
+                self._end(record)
+            elif first_sight:
+                if _running_and_ready(pod):
+                    self._adopt(record, pod)  # a pod this node already runs (a new kubelet object)
+                else:
+                    self._admit(record, pod)
+        except Exception:  # noqa: BLE001 - one bad pod must not stop the node
+            log.exception("handling pod failed", extra={"node": self.node_name, "pod": f"{meta.get('namespace')}/{meta.get('name')}"})
+
+    def _adopt(self, record: _PodRecord, pod: Mapping[str, Any]) -> None:
+        with self._lock:
+            record.dies = pod_die_request(pod)
+            record.active = True
+
+    def _admit(self, record: _PodRecord, pod: Mapping[str, Any]) -> None:
+        need = pod_die_request(pod)
+        if need > 0:
+            allocatable = self.static_dies if self.device_manager is None else self.device_manager.allocatable()
+            used = self.dies_in_use()
+            if used + need > allocatable:
+                # kubelet's resource check (lifecycle predicate), with its wording.
+                self._fail(pod, OUT_OF_DIES_REASON,
+                           f"Pod was rejected: Node didn't have enough resource: {DIE_RESOURCE}, "
+                           f"requested: {need}, used: {used}, capacity: {allocatable}")
+                return
+            if self.device_manager is not None:
+                admission = self._device_admit(pod)
+                if not admission.admitted:
+                    self._fail(pod, admission.reason or UNEXPECTED_ADMISSION_ERROR, admission.message)
+                    return
+                with self._lock:
+                    record.device_admitted = True
+                if admission.allocate is not None:
+                    self._annotate_allocate(pod, admission.allocate)
+        with self._lock:
+            record.dies = need
+            record.active = True
+        self._mark_running(pod)
+
+    def _device_admit(self, pod: Mapping[str, Any]) -> Admission:
+        assert self.device_manager is not None
+        try:
+            return self.device_manager.admit(pod)
+        except Exception as exc:  # noqa: BLE001 - kubelet turns any Allocate failure into this
+            return Admission(False, UNEXPECTED_ADMISSION_ERROR, f"Allocate failed due to {exc}, which is unexpected")
+
+    def _end(self, record: _PodRecord) -> None:
+        """A pod that ended (terminal or being deleted) frees its dies."""
+        with self._lock:
+            was_device = record.device_admitted
+            record.active = False
+            record.device_admitted = False
+        if was_device and self.device_manager is not None:
+            self.device_manager.release(record.uid)
+
+    def _forget(self, uid: str) -> None:
+        with self._lock:
+            record = self._pods.pop(uid, None)
+        if record is not None:
+            self._end(record)
+
+    def _final_delete(self, record: _PodRecord) -> None:
+        """What a real kubelet does once containers are gone: delete with grace period 0."""
+        if record.delete_sent:
+            return
+        body = kubernetes.client.V1DeleteOptions(
+            grace_period_seconds=0, preconditions=kubernetes.client.V1Preconditions(uid=record.uid)
+        )
+        try:
+            self._core.delete_namespaced_pod(record.name, record.namespace, body=body, grace_period_seconds=0)
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
+        record.delete_sent = True
+
+    # -- status writes ---------------------------------------------------------------------
+
+    def _fail(self, pod: Mapping[str, Any], reason: str, message: str) -> None:
+        meta = pod["metadata"]
+        log.info("pod rejected", extra={"node": self.node_name, "pod": f"{meta['namespace']}/{meta['name']}", "reason": reason})
+        self._core.patch_namespaced_pod_status(
+            meta["name"], meta["namespace"], {"status": {"phase": "Failed", "reason": reason, "message": message}}
+        )
+
+    def _annotate_allocate(self, pod: Mapping[str, Any], allocate: Mapping[str, Any]) -> None:
+        meta = pod["metadata"]
+        value = json.dumps(dict(allocate), separators=(",", ":"), sort_keys=True)
+        self._core.patch_namespaced_pod(meta["name"], meta["namespace"], {"metadata": {"annotations": {ALLOCATE_ANNOTATION: value}}})
+
+    def _next_pod_ip(self) -> str:
+        with self._lock:
+            self._ip_counter += 1
+            n = self._ip_counter
+        return f"10.{64 + self._node_token % 128}.{(self._node_token // 128) % 256}.{(n - 1) % 254 + 1}"
+
+    def _mark_running(self, pod: Mapping[str, Any]) -> None:
+        meta, spec = pod["metadata"], pod.get("spec") or {}
+        now = nodes.now_rfc3339()
+        pod_ip = self._next_pod_ip()
+
+        def started(container: Mapping[str, Any]) -> dict[str, Any]:
+            return {
+                "name": container["name"],
+                "image": container.get("image", ""),
+                "imageID": f"simulated://{container.get('image', '')}",
+                "containerID": f"simulated://{meta['uid'][:8]}-{container['name']}",
+                "ready": True,
+                "started": True,
+                "restartCount": 0,
+                "state": {"running": {"startedAt": now}},
+            }
+
+        def init_done(container: Mapping[str, Any]) -> dict[str, Any]:
+            if container.get("restartPolicy") == "Always":  # a sidecar keeps running
+                return started(container)
+            status = started(container)
+            status.update(started=False, state={"terminated": {"exitCode": 0, "reason": "Completed",
+                                                               "startedAt": now, "finishedAt": now}})
+            return status
+
+        conditions = [
+            {"type": kind, "status": "True", "lastProbeTime": None, "lastTransitionTime": now}
+            for kind in ("PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready", "PodScheduled")
+        ]
+        status: dict[str, Any] = {
+            "phase": "Running",
+            "conditions": conditions,
+            "hostIP": "127.0.0.1",
+            "hostIPs": [{"ip": "127.0.0.1"}],
+            "podIP": pod_ip,
+            "podIPs": [{"ip": pod_ip}],
+            "startTime": now,
+            "containerStatuses": [started(c) for c in spec.get("containers") or []],
+        }
+        if spec.get("initContainers"):
+            status["initContainerStatuses"] = [init_done(c) for c in spec["initContainers"]]
+        self._core.patch_namespaced_pod_status(meta["name"], meta["namespace"], {"status": status})
+
+
+def _running_and_ready(pod: Mapping[str, Any]) -> bool:
+    status = pod.get("status") or {}
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    return status.get("phase") == "Running" and ready
+
+
+def _lines(response: Any) -> Iterator[str]:
+    """Newline-delimited JSON events of a watch response."""
+    pending = b""
+    for chunk in response.stream(amt=None, decode_content=True):
+        pending += chunk
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            if line.strip():
+                yield line.decode()
+    if pending.strip():
+        yield pending.decode()
+
+
+# ---------------------------------------------------------------------------------------------
+# A node = Node object + root directory + kubelet
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SimulatedNode:
+    """One simulated `<boards>xK80` node: its name, short root directory and running kubelet."""
+
+    name: str
+    boards: int
+    root: Path
+    kubelet: SimulatedKubelet
+
+    def stop(self, *, delete: bool = True) -> None:
+        """Stop the kubelet, delete the Node (unless told not to) and remove the root."""
+        self.kubelet.stop()
+        if delete:
+            self.kubelet.delete_node()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def start_simulated_nodes(
+    client_factory: Callable[[], kubernetes.client.ApiClient],
+    names: list[str],
+    shape: str = "2xK80",
+    device_manager_factory: DeviceManagerFactory | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> list[SimulatedNode]:
+    """Register and start one simulated node per name (each kubelet gets its own API client)."""
+    boards = parse_node_shape(shape)
+    started: list[SimulatedNode] = []
+    try:
+        for name in names:
+            root = Path(tempfile.mkdtemp(prefix="k80s-"))
+            manager = device_manager_factory(name, root) if device_manager_factory else None
+            kubelet = SimulatedKubelet(client_factory(), name, boards, root, manager, labels=labels)
+            node = SimulatedNode(name=name, boards=boards, root=root, kubelet=kubelet)
+            started.append(node)
+            kubelet.start()
+    except BaseException:
+        stop_simulated_nodes(started)
+        raise
+    return started
+
+
+def stop_simulated_nodes(simulated: list[SimulatedNode], *, delete: bool = True) -> None:
+    """Stop all kubelets at once (their watches end in parallel), then delete nodes and roots."""
+    for node in simulated:
+        node.kubelet.request_stop()
+    deadline = time.monotonic() + 20
+    for node in simulated:
+        node.kubelet.stop(timeout_s=max(0.1, deadline - time.monotonic()))
+        if delete:
+            node.kubelet.delete_node()
+        shutil.rmtree(node.root, ignore_errors=True)
