@@ -102,10 +102,15 @@ def extended_resource_name_problem(name: str) -> str:
 class PluginDeviceManager:
     """A `DeviceManager` for one resource (default `k80s.io/die`) served by a real device plugin."""
 
-    def __init__(self, root: Path, resource: str = DIE_RESOURCE, *, grace_period_s: float = 300.0) -> None:
+    def __init__(self, root: Path, resource: str = DIE_RESOURCE, *, grace_period_s: float = 300.0,
+                 dial_timeout_s: float = DIAL_TIMEOUT_S) -> None:
+        """`grace_period_s`: how long devices stay (unhealthy) after the ListAndWatch stream ends
+        before the resource is dropped (kubelet: 5 min). `dial_timeout_s`: Register's dial of
+        the plugin socket and its GetDevicePluginOptions call (kubelet: 10 s)."""
         self.root = Path(root)
         self.resource = resource
         self.grace_period_s = grace_period_s
+        self.dial_timeout_s = dial_timeout_s
         self.plugin_dir = self.root / "device-plugins"
         self.kubelet_socket = self.plugin_dir / "kubelet.sock"
         self.checkpoint_path = self.plugin_dir / CHECKPOINT_FILE
@@ -321,13 +326,13 @@ class PluginDeviceManager:
         target = self.plugin_dir / request.endpoint
         channel = grpc.insecure_channel(f"unix://{target}")
         try:
-            grpc.channel_ready_future(channel).result(timeout=DIAL_TIMEOUT_S)
+            grpc.channel_ready_future(channel).result(timeout=self.dial_timeout_s)
             stub = dp_grpc.DevicePluginStub(channel)
-            options = stub.GetDevicePluginOptions(dp.Empty(), timeout=DIAL_TIMEOUT_S)
+            options = stub.GetDevicePluginOptions(dp.Empty(), timeout=self.dial_timeout_s)
         except grpc.FutureTimeoutError:
             channel.close()
             context.abort(grpc.StatusCode.UNAVAILABLE,
-                          f"failed to dial device plugin at {target} within {DIAL_TIMEOUT_S:g} s")
+                          f"failed to dial device plugin at {target} within {self.dial_timeout_s:g} s")
         except grpc.RpcError as exc:
             channel.close()
             context.abort(grpc.StatusCode.UNAVAILABLE, f"GetDevicePluginOptions on {target} failed: {_details(exc)}")

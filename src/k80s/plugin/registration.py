@@ -1,7 +1,7 @@
 """Registering with the kubelet, and noticing when the kubelet restarts.
 
 A kubelet restart deletes every socket in the device-plugin directory (ours too) and recreates
-`kubelet.sock`. The plugin compares the (device, inode) of both sockets every `socket_check_s`
+`kubelet.sock`. The plugin compares the (device, inode, ctime) of both sockets every `socket_check_s`
 (kubernetes.md §1.9 allows polling os.stat); a change means: serve on a fresh socket, register
 again.
 """
@@ -23,16 +23,17 @@ API_VERSION: Final = "v1beta1"
 REGISTER_TIMEOUT_S: Final = 15.0
 """Longer than kubelet's own 10 s dial of our socket inside Register."""
 
-SocketId = tuple[int, int]
+SocketId = tuple[int, int, int]
 
 
 def socket_id(path: Path) -> SocketId | None:
-    """(device, inode) of a unix socket at `path`; None when there is none."""
+    """(device, inode, ctime ns) of a unix socket at `path`; None when there is none. The ctime
+    matters: a recreated socket often gets the inode number its predecessor just freed."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return (st.st_dev, st.st_ino) if stat.S_ISSOCK(st.st_mode) else None
+    return (st.st_dev, st.st_ino, st.st_ctime_ns) if stat.S_ISSOCK(st.st_mode) else None
 
 
 def register(kubelet_socket: Path, endpoint: str, resource_name: str, options: pb.DevicePluginOptions,

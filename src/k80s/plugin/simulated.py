@@ -138,6 +138,7 @@ class SimulatedBackend:
     # -- DieBackend -------------------------------------------------------------------------
     def open(self) -> tuple[DieIdentity, ...]:
         with self._cond:
+            self._follow_faults()
             if self._nvml_error:
                 raise DeviceError(f"NVML init failed: {self._nvml_error}")
         return self._ids
@@ -147,6 +148,7 @@ class SimulatedBackend:
 
     def read(self) -> tuple[DieReading, ...]:
         with self._cond:
+            self._follow_faults()
             if self._nvml_error:
                 raise DeviceError(f"NVML failed: {self._nvml_error}")
             return tuple(
