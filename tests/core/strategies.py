@@ -10,7 +10,11 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from k80s.core.estimate import DieCapacity
 from k80s.core.gguf import ALIGNMENT_KEY, ArrayInfo, GgufHeader, GgufTensor, ValueType
+from k80s.core.options import EstimateOptions
+from k80s.core.policies import POLICIES
+from k80s.core.profile import ModelProfile
 from tests.core.gguf_fixtures import BLOCK_TABLE, encode_header, finalize, small_header
 
 # ==================================================================================================
@@ -165,3 +169,59 @@ def mutated_headers(draw: st.DrawFn) -> bytes:
         else:
             del data[at:]
     return bytes(data)
+
+
+# ==================================================================================================
+# Model profiles, dies and options (k80s.core.estimate, selection) — owner: the estimator
+# ==================================================================================================
+
+ARCHITECTURES = ("llama", "qwen2", "gemma3", "qwen3", "command-r", "phi2", "stablelm", "deepseek2", "chatglm", "phi3")
+_MIB = 1 << 20
+
+
+@st.composite
+def model_profiles(draw: st.DrawFn) -> ModelProfile:
+    """Dense transformers of any supported architecture, with random per-block byte sizes."""
+    arch = draw(st.sampled_from(ARCHITECTURES))
+    layers = draw(st.integers(1, 64))
+    heads = draw(st.sampled_from([8, 16, 32, 40]))
+    kv_heads = draw(st.sampled_from([h for h in (1, 2, 4, 8) if heads % h == 0]))
+    head_dim = draw(st.sampled_from([64, 128, 256]))
+    embedding = heads * head_dim
+    block = draw(st.integers(2 * _MIB, 400 * _MIB)) // 4
+    blocks = {f"blk.{i}": {0: block + draw(st.integers(0, block // 8))} for i in range(layers)}
+    vocab = draw(st.integers(1000, 262_144))
+    tied = draw(st.booleans())
+    groups = {**blocks, "token_embd": {12: embedding * vocab}, "output_norm": {0: embedding}}
+    if not tied:
+        groups["output"] = {14: embedding * vocab}
+    return ModelProfile(
+        name=f"hyp-{arch}",
+        architecture=arch,
+        block_count=layers,
+        embedding_length=embedding,
+        head_count=(heads,),
+        head_count_kv=(kv_heads,),
+        key_length=head_dim,
+        value_length=head_dim,
+        vocab_tokens=vocab,
+        sliding_window=draw(st.sampled_from([0, 512, 1024])) if arch == "gemma3" else 0,
+        context_length=draw(st.sampled_from([0, 8192, 131_072])),
+        tensor_groups=groups,
+    )
+
+
+def die_lists(min_size: int = 1, max_size: int = 8) -> st.SearchStrategy[list[DieCapacity]]:
+    """Ordered die lists with distinct indices and free memory from 0.5 GiB to a whole K80 die."""
+    frees = st.lists(st.integers(512, 11_434), min_size=min_size, max_size=max_size)
+    return frees.map(lambda fs: [DieCapacity(free_bytes=f * _MIB, index=i) for i, f in enumerate(fs)])
+
+
+@st.composite
+def estimate_options(draw: st.DrawFn, policies: tuple[str, ...] = tuple(POLICIES)) -> EstimateOptions:
+    return EstimateOptions(
+        policy=draw(st.sampled_from(policies)),
+        num_ctx=draw(st.integers(256, 32_768)),
+        num_batch=draw(st.sampled_from([128, 256, 512, 1024])),
+        num_parallel=draw(st.integers(1, 4)),
+    )
