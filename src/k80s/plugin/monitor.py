@@ -79,6 +79,7 @@ class DieMonitor:
         self._backend_ok = False
         self._error = ""
         self._event_failures = 0
+        self._pokes = 0
 
     # -- readers -----------------------------------------------------------------------------
     def state(self) -> DeviceState:
@@ -86,14 +87,19 @@ class DieMonitor:
             return self._state
 
     def wait_for_change(self, version: int, timeout_s: float) -> DeviceState:
-        """The state once its version differs from `version`, or the current one after timeout."""
+        """The state once its version differs from `version`, or after a `poke()`, or the current
+        one after timeout."""
         with self._cond:
-            self._cond.wait_for(lambda: self._state.version != version or self._stop.is_set(), timeout_s)
+            pokes = self._pokes
+            self._cond.wait_for(
+                lambda: self._state.version != version or self._pokes != pokes or self._stop.is_set(), timeout_s)
             return self._state
 
     def poke(self) -> None:
-        """Wake every waiter (a stream whose client went away re-checks and ends)."""
+        """Wake every waiter (a stream whose client went away re-checks and ends; the publisher
+        re-reads pod-resources after an Allocate)."""
         with self._cond:
+            self._pokes += 1
             self._cond.notify_all()
 
     # -- lifecycle ---------------------------------------------------------------------------

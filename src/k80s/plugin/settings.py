@@ -77,7 +77,7 @@ class PluginSettings:
         "(XID 79 also takes the other die of the board).", default=STICKY_XIDS)
     health_recovery_s: float = _doc(
         "Quiet period in seconds after a non-sticky critical XID before the die is healthy again "
-        "(its queries must also succeed). 600 s follows NVIDIA's guidance to watch for repeats.",
+        "(its queries must also succeed). 600 s (10 min) is long enough to see a fault repeat.",
         default=600.0)
     memory_poll_s: float = _doc(
         "Seconds between NVML memory readings (and, where XID events are not supported, "
