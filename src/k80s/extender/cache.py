@@ -1,0 +1,446 @@
+"""Informer caches: Nodes (their `k80s.io/dies` inventory) and the Pods bound to them.
+
+Two background threads list and then watch the API server (`kubernetes` client, raw JSON:
+`_preload_content=False`, so no model deserialisation), relisting on HTTP 410 Gone, on a watch
+`ERROR` event and after any other failure (with backoff). Requests never call the API server:
+they read `ClusterCache`, which keeps, per node, a ready `core.fit.NodeView` that is recomputed
+only when that node or a pod bound to it changes. Each Node's annotation is parsed once per
+change of its text.
+
+Pods are listed with the field selector `spec.nodeName!=,status.phase!=Succeeded,
+status.phase!=Failed`: bound, non-terminal pods. A pod leaving that set (finished, deleted) comes
+as a DELETED event. Only pods that request `k80s.io/die` are kept.
+
+`ClusterCache` is also the seam for tests and benchmarks: they feed it Node and Pod objects
+directly (`upsert_node`, `upsert_pod`, `mark_synced`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from k80s.core.errors import InvalidInput
+from k80s.core.fit import NodeView, node_view
+from k80s.core.inventory import NodeInventory
+from k80s.core.placement import BoundPod
+from k80s.extender.wire import DIES_ANNOTATION, node_annotation, node_name, pod_info
+
+log = logging.getLogger(__name__)
+
+POD_FIELD_SELECTOR: Final = "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"
+LIST_PAGE: Final = 500
+RETRY_BACKOFF_S: Final = (0.2, 0.5, 1.0, 2.0, 5.0)
+NODES: Final = "nodes"
+PODS: Final = "pods"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeProblem:
+    """A node the extender cannot judge (no or broken inventory): refused, resolvable."""
+
+    reason: str
+
+
+@dataclass(slots=True)
+class _Node:
+    name: str
+    annotation: str | None
+    inventory: NodeInventory | None
+    problem: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Pod:
+    key: str
+    uid: str
+    node: str
+    dies: int
+
+
+def inventory_of(annotation: str | None) -> tuple[NodeInventory | None, str]:
+    """(inventory, '') or (None, a reason for people) for a Node's `k80s.io/dies` annotation."""
+    if annotation is None:
+        return None, f"node has no {DIES_ANNOTATION} annotation (is the k80s device plugin running on it?)"
+    try:
+        return NodeInventory.from_json(annotation, f"node annotation {DIES_ANNOTATION}"), ""
+    except InvalidInput as exc:
+        return None, str(exc)
+
+
+class ClusterCache:
+    """Nodes and bound pods as the extender sees them. Thread-safe: informer threads write,
+    request threads read (a per-node view is replaced atomically, never mutated)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._nodes: dict[str, _Node] = {}
+        self._pods: dict[str, _Pod] = {}
+        self._pods_by_node: dict[str, dict[str, _Pod]] = {}
+        self._views: dict[str, NodeView | NodeProblem] = {}
+        self._synced: dict[str, bool] = {NODES: False, PODS: False}
+        self.on_change: Callable[[], None] | None = None
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    @property
+    def synced(self) -> bool:
+        return all(self._synced.values())
+
+    def sync_state(self) -> dict[str, bool]:
+        return dict(self._synced)
+
+    def view(self, name: str) -> NodeView | NodeProblem | None:
+        """The node's current view; None when the node is not in the cache."""
+        return self._views.get(name)
+
+    def snapshot(self) -> dict[str, NodeView | NodeProblem]:
+        """A copy of every node's view (for tools; requests look nodes up one by one)."""
+        with self._lock:
+            return dict(self._views)
+
+    def bound_pods(self, node: str) -> list[BoundPod]:
+        with self._lock:
+            return [BoundPod(p.key, p.dies) for p in (self._pods_by_node.get(node) or {}).values()]
+
+    def view_for_node_object(self, node: Mapping[str, Any]) -> NodeView | NodeProblem:
+        """A view from a full Node object (nodeCacheCapable: false) with the cached bound pods.
+        Reuses the cached view when the annotation text is the one the cache holds."""
+        name = node_name(node)
+        annotation = node_annotation(node)
+        cached = self._nodes.get(name)
+        if cached is not None and cached.annotation == annotation:
+            view = self._views.get(name)
+            if view is not None:
+                return view
+        inventory, problem = inventory_of(annotation)
+        if inventory is None:
+            return NodeProblem(problem)
+        return node_view(inventory, self.bound_pods(name))
+
+    def sizes(self) -> dict[str, int]:
+        return {NODES: len(self._nodes), PODS: len(self._pods)}
+
+    # -- writes: nodes -------------------------------------------------------------------------
+
+    def replace_nodes(self, nodes: Iterable[Mapping[str, Any]]) -> None:
+        with self._lock:
+            seen = set()
+            for node in nodes:
+                seen.add(node_name(node))
+                self._put_node(node)
+            for name in [n for n in self._nodes if n not in seen]:
+                self._drop_node(name)
+        self._changed()
+
+    def upsert_node(self, node: Mapping[str, Any]) -> None:
+        with self._lock:
+            self._put_node(node)
+        self._changed()
+
+    def delete_node(self, name: str) -> None:
+        with self._lock:
+            self._drop_node(name)
+        self._changed()
+
+    def _put_node(self, node: Mapping[str, Any]) -> None:
+        name = node_name(node)
+        if not name:
+            return
+        annotation = node_annotation(node)
+        old = self._nodes.get(name)
+        if old is not None and old.annotation == annotation:
+            return  # status/label changes do not touch the dies
+        inventory, problem = inventory_of(annotation)
+        self._nodes[name] = _Node(name, annotation, inventory, problem)
+        self._recompute(name)
+
+    def _drop_node(self, name: str) -> None:
+        self._nodes.pop(name, None)
+        self._views.pop(name, None)
+
+    # -- writes: pods --------------------------------------------------------------------------
+
+    def replace_pods(self, pods: Iterable[Mapping[str, Any]]) -> None:
+        with self._lock:
+            fresh: dict[str, _Pod] = {}
+            for pod in sorted(pods, key=_creation_order):
+                record = _pod_record(pod)
+                if record is not None:
+                    fresh[record.key] = record
+            touched = {p.node for p in self._pods.values()} | {p.node for p in fresh.values()}
+            self._pods = fresh
+            self._pods_by_node = {}
+            for p in fresh.values():
+                self._pods_by_node.setdefault(p.node, {})[p.key] = p
+            for node in touched:
+                self._recompute(node)
+        self._changed()
+
+    def upsert_pod(self, pod: Mapping[str, Any]) -> None:
+        record = _pod_record(pod)
+        key = _pod_key(pod)
+        with self._lock:
+            old = self._pods.get(key)
+            if record == old:
+                return
+            if old is not None:
+                self._remove_pod(old)
+            if record is not None:
+                self._pods[key] = record
+                self._pods_by_node.setdefault(record.node, {})[key] = record
+                self._recompute(record.node)
+        self._changed()
+
+    def delete_pod(self, pod: Mapping[str, Any]) -> None:
+        key = _pod_key(pod)
+        with self._lock:
+            old = self._pods.get(key)
+            if old is not None:
+                self._remove_pod(old)
+        self._changed()
+
+    def _remove_pod(self, pod: _Pod) -> None:
+        self._pods.pop(pod.key, None)
+        on_node = self._pods_by_node.get(pod.node)
+        if on_node is not None:
+            on_node.pop(pod.key, None)
+            if not on_node:
+                del self._pods_by_node[pod.node]
+        self._recompute(pod.node)
+
+    # -- sync ----------------------------------------------------------------------------------
+
+    def mark_synced(self, kind: str, synced: bool = True) -> None:
+        self._synced[kind] = synced
+        self._changed()
+
+    def _recompute(self, name: str) -> None:
+        node = self._nodes.get(name)
+        if node is None:
+            return
+        if node.inventory is None:
+            self._views[name] = NodeProblem(node.problem)
+            return
+        pods = [BoundPod(p.key, p.dies) for p in (self._pods_by_node.get(name) or {}).values()]
+        self._views[name] = node_view(node.inventory, pods)
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+
+def _pod_key(pod: Mapping[str, Any]) -> str:
+    meta = pod.get("metadata") or {}
+    return f"{meta.get('namespace') or ''}/{meta.get('name') or ''}"
+
+
+def _creation_order(pod: Mapping[str, Any]) -> tuple[str, str]:
+    meta = pod.get("metadata") or {}
+    return (str(meta.get("creationTimestamp") or ""), _pod_key(pod))
+
+
+def _pod_record(pod: Mapping[str, Any]) -> _Pod | None:
+    """The die-holding record of a bound, non-terminal pod; None for anything else."""
+    try:
+        info = pod_info(pod)
+    except InvalidInput:
+        return None  # the API server validates quantities; nothing we could count
+    if not info.node_name or info.terminal or info.dies <= 0:
+        return None
+    return _Pod(info.key, info.uid, info.node_name, info.dies)
+
+
+# ==================================================================================================
+# Informers
+# ==================================================================================================
+
+
+class _Gone(Exception):
+    """The watch's resourceVersion is too old (HTTP 410): relist."""
+
+
+ListCall = Callable[..., Any]
+
+
+class Informer:
+    """List, then watch, one resource into the cache; relist on 410 and after failures."""
+
+    def __init__(
+        self,
+        kind: str,
+        list_call: ListCall,
+        on_list: Callable[[list[dict[str, Any]]], None],
+        on_event: Callable[[str, dict[str, Any]], None],
+        on_synced: Callable[[], None],
+        *,
+        field_selector: str | None = None,
+        watch_timeout_s: int = 300,
+        on_relist: Callable[[str], None] | None = None,
+    ) -> None:
+        self.kind = kind
+        self._list_call = list_call
+        self._on_list = on_list
+        self._on_event = on_event
+        self._on_synced = on_synced
+        self._on_relist = on_relist
+        self._selector = field_selector
+        self._watch_timeout_s = watch_timeout_s
+        self._stop = threading.Event()
+        self._response: Any = None
+        self._thread = threading.Thread(target=self._run, name=f"k80s-extender-{kind}", daemon=True)
+        self.synced = threading.Event()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def request_stop(self) -> None:
+        """Ask the thread to end (returns at once; an open watch is shut down)."""
+        self._stop.set()
+        response = self._response
+        if response is not None:
+            with contextlib.suppress(Exception):
+                response.shutdown()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self.request_stop()
+        self._thread.join(timeout_s)
+
+    def _kwargs(self) -> dict[str, Any]:
+        return {"field_selector": self._selector} if self._selector else {}
+
+    def _run(self) -> None:
+        resource_version: str | None = None
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                if resource_version is None:
+                    resource_version = self._relist()
+                    if not self.synced.is_set():
+                        self.synced.set()
+                        self._on_synced()
+                resource_version = self._watch(resource_version)
+                failures = 0
+            except _Gone:
+                log.info("watch expired (410 Gone); relisting", extra={"resource": self.kind})
+                resource_version = None
+            except Exception as exc:  # noqa: BLE001 - the informer must outlive API hiccups
+                if self._stop.is_set():
+                    break
+                delay = RETRY_BACKOFF_S[min(failures, len(RETRY_BACKOFF_S) - 1)]
+                failures += 1
+                log.warning("watch failed; relisting", extra={"resource": self.kind, "error": repr(exc)[:300],
+                                                              "retry_in_s": delay})
+                resource_version = None
+                self._stop.wait(delay)
+
+    def _relist(self) -> str:
+        items: list[dict[str, Any]] = []
+        token: str | None = None
+        while True:
+            kwargs = self._kwargs()
+            if token:
+                kwargs["_continue"] = token
+            response = self._list_call(limit=LIST_PAGE, _preload_content=False, _request_timeout=60, **kwargs)
+            page = json.loads(response.data)
+            items.extend(page.get("items") or [])
+            meta = page.get("metadata") or {}
+            token = meta.get("continue") or None
+            if not token:
+                break
+        self._on_list(items)
+        if self._on_relist is not None:
+            self._on_relist(self.kind)
+        return str(meta.get("resourceVersion") or "")
+
+    def _watch(self, resource_version: str) -> str:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            response = self._list_call(
+                watch=True,
+                resource_version=resource_version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=self._watch_timeout_s,
+                _preload_content=False,
+                _request_timeout=(10, self._watch_timeout_s + 30),
+                **self._kwargs(),
+            )
+        except ApiException as exc:
+            if exc.status == 410:
+                raise _Gone from None
+            raise
+        self._response = response
+        try:
+            for line in _lines(response):
+                if self._stop.is_set():
+                    break
+                event = json.loads(line)
+                kind, obj = event.get("type"), event.get("object") or {}
+                if kind == "ERROR":
+                    if obj.get("code") == 410:
+                        raise _Gone
+                    raise ApiException(status=obj.get("code"), reason=f"{obj.get('reason')}: {obj.get('message')}")
+                resource_version = str((obj.get("metadata") or {}).get("resourceVersion") or resource_version)
+                if kind == "BOOKMARK":
+                    continue
+                self._on_event(str(kind), obj)
+        finally:
+            self._response = None
+            with contextlib.suppress(Exception):
+                response.release_conn()
+        return resource_version
+
+
+def _lines(response: Any) -> Iterator[bytes]:
+    """Newline-delimited JSON events of a watch response."""
+    pending = b""
+    for chunk in response.stream(amt=None, decode_content=True):
+        pending += chunk
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            if line.strip():
+                yield line
+    if pending.strip():
+        yield pending
+
+
+def start_informers(
+    cache: ClusterCache,
+    api_client_factory: Callable[[], Any],
+    *,
+    watch_timeout_s: int = 300,
+    on_relist: Callable[[str], None] | None = None,
+) -> list[Informer]:
+    """Start the Node and Pod informers feeding `cache` (each thread gets its own API client)."""
+    import kubernetes.client
+
+    def node_event(kind: str, obj: dict[str, Any]) -> None:
+        if kind == "DELETED":
+            cache.delete_node(node_name(obj))
+        else:
+            cache.upsert_node(obj)
+
+    def pod_event(kind: str, obj: dict[str, Any]) -> None:
+        if kind == "DELETED":
+            cache.delete_pod(obj)
+        else:
+            cache.upsert_pod(obj)
+
+    nodes_api = kubernetes.client.CoreV1Api(api_client_factory())
+    pods_api = kubernetes.client.CoreV1Api(api_client_factory())
+    informers = [
+        Informer(NODES, nodes_api.list_node, cache.replace_nodes, node_event,
+                 lambda: cache.mark_synced(NODES), watch_timeout_s=watch_timeout_s, on_relist=on_relist),
+        Informer(PODS, pods_api.list_pod_for_all_namespaces, cache.replace_pods, pod_event,
+                 lambda: cache.mark_synced(PODS), field_selector=POD_FIELD_SELECTOR,
+                 watch_timeout_s=watch_timeout_s, on_relist=on_relist),
+    ]
+    for informer in informers:
+        informer.start()
+    return informers
