@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import grpc
+import grpc  # type: ignore[import-untyped, unused-ignore]
 
 from k80s._proto.deviceplugin.v1beta1 import api_pb2 as dp
 from k80s._proto.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
@@ -224,8 +224,8 @@ def main() -> int:
         with plugin(root, faults), noop_server(root / "noop.sock"):
             wait_until(lambda: kubelet.allocatable() == DIES, 60, "the plugin to register 16 dies")
             uuids = sorted(kubelet.healthy())
-            stub = dp_grpc.DevicePluginStub(grpc.insecure_channel(f"unix://{root}/device-plugins/k80s.sock"))
-            base = dp_grpc.DevicePluginStub(grpc.insecure_channel(f"unix://{root}/noop.sock"))
+            stub = dp_grpc.DevicePluginStub(grpc.insecure_channel(f"unix://{root}/device-plugins/k80s.sock"))  # type: ignore[no-untyped-call, unused-ignore]
+            base = dp_grpc.DevicePluginStub(grpc.insecure_channel(f"unix://{root}/noop.sock"))  # type: ignore[no-untyped-call, unused-ignore]
             lat = latencies(stub, base, uuids, args.calls)
             fault = fault_latencies(stub, faults, uuids, args.faults)
             restart = restart_latencies(kubelet, args.restarts)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-import grpc
+import grpc  # type: ignore[import-untyped, unused-ignore]
 
 from k80s._proto.deviceplugin.v1beta1 import api_pb2 as dp
 from k80s._proto.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
@@ -64,7 +64,9 @@ class CheckpointEntry:
     response: str  # base64 of the serialized ContainerAllocateResponse
 
     def decoded(self) -> dp.ContainerAllocateResponse:
-        return dp.ContainerAllocateResponse.FromString(base64.b64decode(self.response))
+        response = dp.ContainerAllocateResponse()
+        response.ParseFromString(base64.b64decode(self.response))
+        return response
 
 
 @dataclass(slots=True)
@@ -327,7 +329,7 @@ class PluginDeviceManager:
         channel = grpc.insecure_channel(f"unix://{target}")
         try:
             grpc.channel_ready_future(channel).result(timeout=self.dial_timeout_s)
-            stub = dp_grpc.DevicePluginStub(channel)
+            stub = dp_grpc.DevicePluginStub(channel)  # type: ignore[no-untyped-call, unused-ignore]
             options = stub.GetDevicePluginOptions(dp.Empty(), timeout=self.dial_timeout_s)
         except grpc.FutureTimeoutError:
             channel.close()
@@ -437,11 +439,11 @@ class PluginDeviceManager:
     # -- servers -----------------------------------------------------------------------------
     def _serve(self) -> None:
         registration = grpc.server(ThreadPoolExecutor(max_workers=8, thread_name_prefix="sim-kubelet-reg"))
-        dp_grpc.add_RegistrationServicer_to_server(_RegistrationServicer(self), registration)
+        dp_grpc.add_RegistrationServicer_to_server(_RegistrationServicer(self), registration)  # type: ignore[no-untyped-call, unused-ignore]
         self.kubelet_socket.unlink(missing_ok=True)
         registration.add_insecure_port(f"unix://{self.kubelet_socket}")
         pod_resources = grpc.server(ThreadPoolExecutor(max_workers=4, thread_name_prefix="sim-kubelet-podres"))
-        pr_grpc.add_PodResourcesListerServicer_to_server(_PodResourcesServicer(self), pod_resources)
+        pr_grpc.add_PodResourcesListerServicer_to_server(_PodResourcesServicer(self), pod_resources)  # type: ignore[no-untyped-call, unused-ignore]
         self.pod_resources_socket.unlink(missing_ok=True)
         pod_resources.add_insecure_port(f"unix://{self.pod_resources_socket}")
         pod_resources.start()

@@ -60,4 +60,7 @@ class DieBackend(Protocol):
 
     def events_supported(self) -> bool: ...
 
+    def wake(self) -> None:
+        """Make a blocked `wait_events` return soon (shutdown)."""
+
     def close(self) -> None: ...

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-import pynvml
+import pynvml  # type: ignore[import-untyped, unused-ignore]
 
 from k80s.core.errors import DeviceError
 from k80s.plugin.backend import DieIdentity, DieReading
@@ -211,9 +211,9 @@ class NvmlBackend:
                 level = logging.ERROR if name in REQUIRED_SYMBOLS else logging.WARNING
                 log.log(level, "NVML symbol missing; feature degraded", extra={"symbol": name})
 
-    def _optional(self, what: str, call: Callable[[], T], default: T) -> T:
+    def _optional(self, what: str, call: Callable[..., T], *args: Any, default: T) -> T:
         try:
-            return call()
+            return call(*args)
         except pynvml.NVMLError as exc:
             if exc.value not in _DEGRADE:
                 raise
@@ -226,17 +226,17 @@ class NvmlBackend:
         rows = []
         for i, h in enumerate(self._handles):
             uuid = _text(pynvml.nvmlDeviceGetUUID(h))
-            index = int(self._optional("nvmlDeviceGetIndex", lambda h=h: pynvml.nvmlDeviceGetIndex(h), i))
-            minor = int(self._optional("nvmlDeviceGetMinorNumber", lambda h=h: pynvml.nvmlDeviceGetMinorNumber(h), index))
-            name = _text(self._optional("nvmlDeviceGetName", lambda h=h: pynvml.nvmlDeviceGetName(h), "Tesla K80"))
-            pci = self._optional("nvmlDeviceGetPciInfo_v3", lambda h=h: pynvml.nvmlDeviceGetPciInfo(h), None)
-            bus_id = _text(pci.busId) if pci is not None else ""
-            multi = int(self._optional("nvmlDeviceGetMultiGpuBoard", lambda h=h: pynvml.nvmlDeviceGetMultiGpuBoard(h), 1))
-            board_id = self._optional("nvmlDeviceGetBoardId", lambda h=h: pynvml.nvmlDeviceGetBoardId(h), None)
-            serial = _text(self._optional("nvmlDeviceGetSerial", lambda h=h: pynvml.nvmlDeviceGetSerial(h), ""))
-            cc = self._optional("nvmlDeviceGetCudaComputeCapability",
-                                lambda h=h: pynvml.nvmlDeviceGetCudaComputeCapability(h), None)
             total = int(pynvml.nvmlDeviceGetMemoryInfo(h).total) // MIB
+            index = int(self._optional("nvmlDeviceGetIndex", pynvml.nvmlDeviceGetIndex, h, default=i))
+            minor = int(self._optional("nvmlDeviceGetMinorNumber", pynvml.nvmlDeviceGetMinorNumber, h, default=index))
+            name = _text(self._optional("nvmlDeviceGetName", pynvml.nvmlDeviceGetName, h, default="Tesla K80"))
+            pci = self._optional("nvmlDeviceGetPciInfo_v3", pynvml.nvmlDeviceGetPciInfo, h, default=None)
+            bus_id = _text(pci.busId) if pci is not None else ""
+            multi = int(self._optional("nvmlDeviceGetMultiGpuBoard", pynvml.nvmlDeviceGetMultiGpuBoard, h, default=1))
+            board_id: int | None = self._optional("nvmlDeviceGetBoardId", pynvml.nvmlDeviceGetBoardId, h, default=None)
+            serial = _text(self._optional("nvmlDeviceGetSerial", pynvml.nvmlDeviceGetSerial, h, default=""))
+            cc: tuple[int, int] | None = self._optional(
+                "nvmlDeviceGetCudaComputeCapability", pynvml.nvmlDeviceGetCudaComputeCapability, h, default=None)
             if not multi:  # a single-die board: its own board whatever the ID says
                 board_id, serial = None, ""
             rows.append((uuid, index, minor, name, bus_id, board_id, serial, cc, total))
@@ -250,7 +250,7 @@ class NvmlBackend:
 
     def _register_events(self) -> Any:
         try:
-            event_set = self._optional("nvmlEventSetCreate", pynvml.nvmlEventSetCreate, None)
+            event_set = self._optional("nvmlEventSetCreate", pynvml.nvmlEventSetCreate, default=None)
         except pynvml.NVMLError as exc:
             log.warning("XID events unavailable; polling die health", extra={"error": nvml_error_text(exc)})
             return None
@@ -260,8 +260,8 @@ class NvmlBackend:
         registered = 0
         for h, ident in zip(self._handles, self._ids, strict=True):
             wanted = pynvml.nvmlEventTypeXidCriticalError | pynvml.nvmlEventTypeDoubleBitEccError
-            supported = self._optional("nvmlDeviceGetSupportedEventTypes",
-                                       lambda h=h: pynvml.nvmlDeviceGetSupportedEventTypes(h), wanted)
+            supported = self._optional("nvmlDeviceGetSupportedEventTypes", pynvml.nvmlDeviceGetSupportedEventTypes, h,
+                                       default=wanted)
             mask = wanted & int(supported)
             try:
                 if not mask & pynvml.nvmlEventTypeXidCriticalError:

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Final
 
-import grpc
+import grpc  # type: ignore[import-untyped, unused-ignore]
 
 from k80s._proto.podresources.v1 import api_pb2 as pr
 from k80s._proto.podresources.v1 import api_pb2_grpc as pr_grpc
@@ -69,7 +69,7 @@ class PodResourcesClient:
         self._socket = socket
         self._timeout_s = timeout_s
         self._channel = grpc.insecure_channel(f"unix://{socket}")
-        self._stub = pr_grpc.PodResourcesListerStub(self._channel)
+        self._stub = pr_grpc.PodResourcesListerStub(self._channel)  # type: ignore[no-untyped-call, unused-ignore]
 
     def allocations(self, resource: str) -> dict[str, str]:
         try:
@@ -87,18 +87,18 @@ def kubernetes_node_patch(kubeconfig: str) -> NodePatch | None:
     from kubernetes import client, config
 
     if kubeconfig:
-        api = config.new_client_from_config(config_file=kubeconfig)
+        api = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call, unused-ignore]
     else:
         cfg = client.Configuration()
         try:
-            config.load_incluster_config(client_configuration=cfg)
+            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call, unused-ignore]
         except config.ConfigException:
             return None
         api = client.ApiClient(cfg)
     core = client.CoreV1Api(api)
 
     def patch(name: str, body: Mapping[str, Any]) -> None:
-        core.patch_node(name, body, _request_timeout=10)
+        core.patch_node(name, dict(body), _request_timeout=10)
 
     return patch
 

@@ -13,7 +13,7 @@ import stat
 from pathlib import Path
 from typing import Final
 
-import grpc
+import grpc  # type: ignore[import-untyped, unused-ignore]
 
 from k80s._proto.deviceplugin.v1beta1 import api_pb2 as pb
 from k80s._proto.deviceplugin.v1beta1 import api_pb2_grpc as pb_grpc
@@ -42,7 +42,8 @@ def register(kubelet_socket: Path, endpoint: str, resource_name: str, options: p
     request = pb.RegisterRequest(version=API_VERSION, endpoint=endpoint, resource_name=resource_name, options=options)
     with grpc.insecure_channel(f"unix://{kubelet_socket}") as channel:
         try:
-            pb_grpc.RegistrationStub(channel).Register(request, timeout=timeout_s)
+            stub = pb_grpc.RegistrationStub(channel)  # type: ignore[no-untyped-call, unused-ignore]
+            stub.Register(request, timeout=timeout_s)
         except grpc.RpcError as exc:
             code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
             details = exc.details() if hasattr(exc, "details") else str(exc)

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
 
-import grpc
+import grpc  # type: ignore[import-untyped, unused-ignore]
 
 from k80s._proto.deviceplugin.v1beta1 import api_pb2_grpc as pb_grpc
 from k80s.core.errors import DeviceError
@@ -119,7 +119,7 @@ class PluginServer:
         servicer = DevicePluginServicer(self.monitor, on_call=self.metrics.on_rpc,
                                         on_allocate=self.publisher.after_allocate if self.publisher else None)
         server = grpc.server(ThreadPoolExecutor(max_workers=GRPC_WORKERS, thread_name_prefix="k80s-grpc"))
-        pb_grpc.add_DevicePluginServicer_to_server(servicer, server)
+        pb_grpc.add_DevicePluginServicer_to_server(servicer, server)  # type: ignore[no-untyped-call, unused-ignore]
         server.add_insecure_port(f"unix://{path}")
         server.start()
         self._grpc, self._servicer, self._serving = server, servicer, socket_id(path)

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
-import grpc
+import grpc  # type: ignore[import-untyped, unused-ignore]
 
 from k80s._proto.deviceplugin.v1beta1 import api_pb2 as pb
 from k80s._proto.deviceplugin.v1beta1 import api_pb2_grpc as pb_grpc

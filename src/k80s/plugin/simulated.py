@@ -214,7 +214,7 @@ class SimulatedBackend:
             self._changed = True
             self._cond.notify_all()
 
-    def _resolve(self, die: str | int) -> str:
+    def _resolve(self, die: object) -> str:
         if isinstance(die, int) and not isinstance(die, bool) and die in self._by_index:
             return self._by_index[die].uuid
         if isinstance(die, str) and die in self._by_uuid:
