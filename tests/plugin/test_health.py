@@ -93,3 +93,11 @@ def test_zero_recovery_means_healthy_again_at_once() -> None:
     record = HealthRecord(policy)
     record.record(XidEvent(32, "GPU-a0"), 5.0, DIES, BOARDS)
     assert die_health(record.observe("GPU-a0", 5.0), policy).healthy
+
+
+def test_die_health_of_an_observation_alone_uses_the_default_policy() -> None:
+    from k80s.plugin.health import DEFAULT_POLICY
+
+    assert DEFAULT_POLICY == POLICY
+    assert die_health(DieObservation(now_s=10, last_xid=32, last_xid_at_s=0)).healthy is False
+    assert die_health(DieObservation(now_s=601, last_xid=32, last_xid_at_s=0)).healthy is True

@@ -19,7 +19,17 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+APPLICATION_XIDS: Final = frozenset({13, 31, 43, 45, 68, 109})
+"""XIDs caused by the application, not the die (NVIDIA's device plugin ignores the same list)."""
+
+STICKY_XIDS: Final = frozenset({48, 63, 64, 79})
+"""XIDs after which a die stays unhealthy until the plugin restarts (node reboot or GPU reset):
+double-bit ECC and page retirement (48, 63, 64) and 'fallen off the bus' (79)."""
+
 BOARD_WIDE_XIDS: Final = frozenset({79})
+"""XIDs that take both dies of a board: they share the board's PCIe switch and power."""
+
+DEFAULT_RECOVERY_S: Final = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +40,9 @@ class HealthPolicy:
 
     def is_critical(self, xid: int) -> bool:
         return xid not in self.ignored_xids
+
+
+DEFAULT_POLICY: Final = HealthPolicy(APPLICATION_XIDS, STICKY_XIDS, DEFAULT_RECOVERY_S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +69,9 @@ class Health:
         return "Healthy" if self.healthy else "Unhealthy"
 
 
-def die_health(obs: DieObservation, policy: HealthPolicy) -> Health:
-    """The health of one die. Pure."""
+def die_health(obs: DieObservation, policy: HealthPolicy | None = None) -> Health:
+    """The health of one die. Pure. `policy` defaults to `DEFAULT_POLICY`."""
+    policy = policy or DEFAULT_POLICY
     if not obs.nvml_ok:
         return Health(False, f"NVML failed: {obs.nvml_error or 'unknown error'}")
     if obs.sticky_xid is not None:

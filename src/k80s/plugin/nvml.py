@@ -122,6 +122,7 @@ class NvmlBackend:
     def open(self) -> tuple[DieIdentity, ...]:
         with self._lock:
             self._close_locked()
+            self._waking.clear()
             try:
                 self._load_library()
                 pynvml.nvmlInit()
@@ -162,7 +163,6 @@ class NvmlBackend:
 
     def wait_events(self, timeout_s: float) -> list[XidEvent]:
         deadline = time.monotonic() + max(0.0, timeout_s)
-        self._waking.clear()
         while not self._waking.is_set():
             left_ms = int((deadline - time.monotonic()) * 1000)
             if left_ms <= 0:
@@ -185,7 +185,7 @@ class NvmlBackend:
         self._waking.set()
 
     def close(self) -> None:
-        self._waking.set()
+        self._waking.set()  # stays set: no wait after close (open() clears it)
         with self._lock:
             self._close_locked()
 

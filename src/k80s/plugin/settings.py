@@ -15,18 +15,15 @@ from typing import Any, Final
 
 from k80s.core.errors import InvalidSpec
 from k80s.core.inventory import CONTEXT_RESERVE_MIB
+from k80s.plugin.health import APPLICATION_XIDS, DEFAULT_RECOVERY_S, STICKY_XIDS
+
+__all__ = ["APPLICATION_XIDS", "RESOURCE_NAME", "STICKY_XIDS", "PluginSettings", "describe", "load"]
 
 ENV_PREFIX: Final = "K80S_PLUGIN_"
 RESOURCE_NAME: Final = "k80s.io/die"
 """The extended resource the plugin registers (design.md, Names). Not a setting: the extender,
 the operator and the chart all count this name."""
 
-APPLICATION_XIDS: Final = frozenset({13, 31, 43, 45, 68, 109})
-"""XIDs caused by the application, not the die (NVIDIA's device plugin ignores the same list)."""
-
-STICKY_XIDS: Final = frozenset({48, 63, 64, 79})
-"""XIDs after which a die stays unhealthy until the plugin restarts (node reboot or GPU reset):
-double-bit ECC and page retirement (48, 63, 64) and 'fallen off the bus' (79)."""
 
 
 def _doc(text: str, **kw: Any) -> Any:
@@ -78,7 +75,7 @@ class PluginSettings:
     health_recovery_s: float = _doc(
         "Quiet period in seconds after a non-sticky critical XID before the die is healthy again "
         "(its queries must also succeed). 600 s (10 min) is long enough to see a fault repeat.",
-        default=600.0)
+        default=DEFAULT_RECOVERY_S)
     memory_poll_s: float = _doc(
         "Seconds between NVML memory readings (and, where XID events are not supported, "
         "between health queries).", default=5.0)
