@@ -29,6 +29,11 @@ class PluginNode:
     sim: SimulatedNode
     faults: Path
     log: Path
+    args: list[str]
+    proc: Any = None
+
+    def start(self) -> None:
+        self.proc = plugin_process(self.args, log=self.log)
 
     @property
     def name(self) -> str:
@@ -55,25 +60,26 @@ def plugin_nodes(nodes: Callable[..., list[SimulatedNode]], kubeconfig: Path, ad
                  tmp_path: Path) -> Iterator[list[PluginNode]]:
     sims = nodes("2xK80", 2, lambda name, root: PluginDeviceManager(root))
     core = kubernetes.client.CoreV1Api(admin)
-    started: list[tuple[PluginNode, Any]] = []
+    started: list[PluginNode] = []
     try:
         for sim in sims:
-            node = PluginNode(sim, sim.root / "faults.jsonl", tmp_path / f"{sim.name}.log")
-            node.faults.touch()
-            proc = plugin_process([
-                "--simulate", "2xK80", "--simulate-faults", str(node.faults), "--kubelet-root", str(sim.root),
+            faults = sim.root / "faults.jsonl"
+            faults.touch()
+            node = PluginNode(sim, faults, tmp_path / f"{sim.name}.log", [
+                "--simulate", "2xK80", "--simulate-faults", str(faults), "--kubelet-root", str(sim.root),
                 "--node-name", sim.name, "--kubeconfig", str(kubeconfig), "--metrics-port", str(free_port()),
                 "--metrics-address", "127.0.0.1", "--pod-resources-poll-s", "1", "--socket-check-s", "0.2",
-            ], log=node.log)
-            started.append((node, proc))
-        for node, _ in started:
+            ])
+            node.start()
+            started.append(node)
+        for node in started:
             wait.wait_for(lambda n=node: die_counts(core, n.name) == ("4", "4"), what=f"{node.name} to advertise 4 dies",
                           timeout_s=60, state=lambda n=node: f"{die_counts(core, n.name)}; log: {n.log.read_text()[-1500:]}")
             wait.wait_for(lambda n=node: inventory(core, n.name), what=f"the k80s.io/dies annotation on {node.name}", timeout_s=30)
-        yield [node for node, _ in started]
+        yield started
     finally:
-        for node, proc in started:
-            code = stop_process(proc)
+        for node in started:
+            code = stop_process(node.proc)
             assert code == 0, f"plugin on {node.name} exited {code}: {node.log.read_text()[-3000:]}"
 
 
@@ -192,3 +198,19 @@ def test_deleting_a_pod_frees_its_dies(
     wait.pod_gone(admin, namespace, "short-lived", timeout_s=30)
     wait.wait_for(lambda: not any(d.allocated_to for d in inventory(core, node).dies),  # type: ignore[union-attr]
                   what="allocatedTo cleared", timeout_s=15)
+
+
+def test_plugin_process_restart(plugin_nodes: list[PluginNode], admin: kubernetes.client.ApiClient, namespace: str) -> None:
+    core = kubernetes.client.CoreV1Api(admin)
+    node = plugin_nodes[1]
+    running = run_pod(admin, namespace, "steady", 1, node.name)
+    assert stop_process(node.proc) == 0
+    wait.wait_for(lambda: die_counts(core, node.name) == ("4", "0"), what="dies unhealthy while the plugin is away",
+                  timeout_s=10, state=lambda: str(die_counts(core, node.name)))
+    node.start()
+    wait.wait_for(lambda: die_counts(core, node.name) == ("4", "4"), what="dies back after the plugin restart",
+                  timeout_s=30, state=lambda: str(die_counts(core, node.name)))
+    ids = json.loads(running.metadata.annotations[ALLOCATE_ANNOTATION])["deviceIDs"]
+    wait.wait_for(lambda: allocated_to(core, node.name, f"{namespace}/steady") == ids,
+                  what="allocatedTo rebuilt from pod-resources by the new plugin", timeout_s=15)
+    assert core.read_namespaced_pod("steady", namespace).status.phase == "Running"

@@ -128,3 +128,16 @@ def test_recovery_after_the_quiet_period() -> None:
     assert not m.step(0).dies[0].health.healthy
     clock[0] = 10.0
     assert m.step(0).dies[0].health.healthy
+
+
+def test_the_example_faults_file_applies_cleanly(caplog: object) -> None:
+    import logging
+
+    faults = EXAMPLE.parent / "faults.jsonl"
+    backend = SimulatedBackend.from_spec("2xK80", "n", str(faults))
+    m = monitor(backend)
+    m.step(0)
+    state = m.step(0.2)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "bad fault" in r.getMessage()]  # type: ignore[attr-defined]
+    assert [d.health.healthy for d in state.dies] == [True, False, False, False]  # 79 on die 3: board 1; die 1 lost
+    assert state.dies[0].info.used_mib == 9857 and state.backend_ok
