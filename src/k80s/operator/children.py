@@ -1,0 +1,288 @@
+"""Pure builders of the objects a ModelDeployment owns: its Deployment and its Service.
+
+Input: the owner (name, namespace, uid), the typed spec and the plan; output: plain manifests
+(dicts) ready for server-side apply. No I/O, no clock, no Kubernetes client, so every field is
+tested without a cluster (tests/operator/test_children.py).
+
+What a model pod carries (design.md, Wire contracts; kubernetes.md §5):
+- `k80s.io/die: N` in limits (N = the plan's dies), `schedulerName: k80s`;
+- annotations `k80s.io/model`, `k80s.io/options`, `k80s.io/estimate` (the extender reads them),
+  `cluster-autoscaler.kubernetes.io/safe-to-evict: "false"` (reloading a model is expensive), and
+  `k80s.io/plan-hash`, so a changed plan changes the pod template and rolls the pods;
+- label `k80s.io/model-deployment=<name>` (the Service selector and status.selector);
+- the runtime's settings: for llamacpp the plan itself as `LLAMA_ARG_*` (llm-ecosystem.md §5.1),
+  for ollama the `OLLAMA_*` environment that makes an ollama37 build compute the same plan (§4.1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from k80s.core.annotations import ESTIMATE, MODEL, MODEL_DEPLOYMENT_LABEL, OPTIONS, SAFE_TO_EVICT
+from k80s.operator.plan import Plan
+from k80s.operator.runtimes import LLAMACPP, OLLAMA, runtime
+from k80s.operator.spec import API_VERSION, DIE_RESOURCE, KIND, ModelDeploymentSpec
+
+PLAN_HASH: Final = "k80s.io/plan-hash"
+MANAGED_BY: Final = "k80s-operator"
+CONTAINER: Final = "runtime"
+FETCH_CONTAINER: Final = "fetch-model"
+MODELS_VOLUME: Final = "models"
+WEIGHTS_FILE: Final = "model.gguf"
+STARTUP_BUDGET_S: Final = 3600
+"""A K80 reads weights over PCIe 3 from a cold cache: allow an hour before the startup probe fails."""
+
+LLAMACPP_PLAN_ENV: Final = (
+    "LLAMA_ARG_N_GPU_LAYERS", "LLAMA_ARG_TENSOR_SPLIT", "LLAMA_ARG_SPLIT_MODE", "LLAMA_ARG_CTX_SIZE",
+    "LLAMA_ARG_N_PARALLEL", "LLAMA_ARG_BATCH", "LLAMA_ARG_UBATCH", "LLAMA_ARG_FLASH_ATTN",
+    "LLAMA_ARG_CACHE_TYPE_K", "LLAMA_ARG_CACHE_TYPE_V", "LLAMA_ARG_MAIN_GPU", "LLAMA_ARG_FIT",
+)
+OLLAMA_PLAN_ENV: Final = (
+    "OLLAMA_CONTEXT_LENGTH", "OLLAMA_NUM_PARALLEL", "OLLAMA_KV_CACHE_TYPE", "OLLAMA_FLASH_ATTENTION",
+    "OLLAMA_MAX_LOADED_MODELS", "OLLAMA_GPU_OVERHEAD", "OLLAMA_SCHED_SPREAD",
+)
+DEVICE_ENV: Final = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")
+"""Set by the device plugin's Allocate (design.md, Die order); a pod must not override them."""
+
+RESERVED_ENV: Final = frozenset((*LLAMACPP_PLAN_ENV, *OLLAMA_PLAN_ENV, *DEVICE_ENV))
+"""Variables spec.env may not set (the CRD's CEL rule lists the same names; a test compares)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """The ModelDeployment that owns the children."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    def reference(self) -> dict[str, Any]:
+        return {"apiVersion": API_VERSION, "kind": KIND, "name": self.name, "uid": self.uid,
+                "controller": True, "blockOwnerDeletion": True}
+
+
+@dataclass(frozen=True, slots=True)
+class PodSettings:
+    """Operator settings that shape model pods."""
+
+    scheduler_name: str = "k80s"
+    fetcher_image: str = "k80s/k80s:0.1.0"
+    registry_url: str = "https://registry.ollama.ai"
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    return {MODEL_DEPLOYMENT_LABEL: name}
+
+
+def selector(name: str) -> str:
+    """status.selector (the scale subresource's labelSelectorPath)."""
+    return f"{MODEL_DEPLOYMENT_LABEL}={name}"
+
+
+def owned_labels(name: str) -> dict[str, str]:
+    return {**selector_labels(name), "app.kubernetes.io/name": "k80s-model", "app.kubernetes.io/instance": name,
+            "app.kubernetes.io/managed-by": MANAGED_BY}
+
+
+# -- runtime environment ------------------------------------------------------------------------
+
+def context_tokens(plan: Plan) -> int:
+    """`--ctx-size`: num_ctx (clamped to the model's training context, as Ollama does) × slots."""
+    num_ctx = plan.options.num_ctx
+    trained = plan.model.profile.context_length
+    if 0 < trained < num_ctx:
+        num_ctx = trained
+    return num_ctx * plan.options.num_parallel
+
+
+def plan_env(plan: Plan) -> dict[str, str]:
+    """The variables that carry the plan to the runtime (all names in RESERVED_ENV)."""
+    o, e = plan.options, plan.estimate
+    if plan.runtime == LLAMACPP:
+        kv = o.kv_cache_type
+        return {
+            "LLAMA_ARG_N_GPU_LAYERS": str(e.layers_offloaded),
+            "LLAMA_ARG_SPLIT_MODE": "layer",
+            "LLAMA_ARG_TENSOR_SPLIT": ",".join(str(n) for n in e.tensor_split),
+            "LLAMA_ARG_CTX_SIZE": str(context_tokens(plan)),
+            "LLAMA_ARG_N_PARALLEL": str(o.num_parallel),
+            "LLAMA_ARG_BATCH": str(e.batch_tokens),
+            "LLAMA_ARG_UBATCH": str(e.batch_tokens),
+            "LLAMA_ARG_FLASH_ATTN": "on" if o.flash_attention else "off",
+            "LLAMA_ARG_CACHE_TYPE_K": kv,
+            "LLAMA_ARG_CACHE_TYPE_V": kv,
+            "LLAMA_ARG_FIT": "off",  # newer builds would otherwise re-fit what the plan set
+        }
+    return {
+        "OLLAMA_CONTEXT_LENGTH": str(o.num_ctx),
+        "OLLAMA_NUM_PARALLEL": str(o.num_parallel),
+        "OLLAMA_KV_CACHE_TYPE": o.kv_cache_type,
+        "OLLAMA_FLASH_ATTENTION": "1" if o.flash_attention else "0",
+        "OLLAMA_MAX_LOADED_MODELS": "1",
+        "OLLAMA_GPU_OVERHEAD": str(o.overhead_mib << 20),  # bytes per GPU
+        "OLLAMA_SCHED_SPREAD": "0",  # the pod gets exactly the planned dies; let the runtime pick as planned
+    }
+
+
+def default_env(plan: Plan) -> dict[str, str]:
+    """Runtime settings spec.env may override."""
+    rt = runtime(plan.runtime)
+    if plan.runtime == LLAMACPP:
+        env = {"LLAMA_ARG_HOST": "0.0.0.0", "LLAMA_ARG_PORT": str(rt.port), "LLAMA_ARG_ENDPOINT_METRICS": "1"}
+        if _fetch_source(plan) is not None:
+            env["LLAMA_ARG_MODEL"] = f"{rt.models_dir}/{WEIGHTS_FILE}"
+        return env
+    return {
+        "OLLAMA_HOST": f"0.0.0.0:{rt.port}",
+        "OLLAMA_MODELS": rt.models_dir,
+        "OLLAMA_KEEP_ALIVE": "-1",  # never unload: the dies are the pod's anyway
+        "OLLAMA_LOAD_TIMEOUT": "30m",
+        "OLLAMA_NOPRUNE": "1",  # the fetcher pre-seeds the store
+        "K80S_MODEL": plan.model.registry_name or plan.model.name,
+    }
+
+
+def container_env(plan: Plan, user_env: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Plan variables first, then defaults (a user entry of the same name replaces its default),
+    then the remaining user entries in their order."""
+    defaults = default_env(plan)
+    user_names = {e["name"] for e in user_env}
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in plan_env(plan).items()]
+    env += [{"name": k, "value": v} for k, v in defaults.items() if k not in user_names]
+    env += [dict(e) for e in user_env]
+    return env
+
+
+# -- weights ------------------------------------------------------------------------------------
+
+def _fetch_source(plan: Plan) -> list[str] | None:
+    """Arguments telling the fetcher what to download; None when there is nothing to fetch (an
+    inline profile for llama.cpp: spec.env points the runtime at its weights)."""
+    m = plan.model
+    if plan.runtime == OLLAMA:
+        name = m.registry_name or m.name
+        return ["--name", name] if name else None
+    if m.weights_url:
+        return ["--url", m.weights_url]
+    if m.registry_name:
+        return ["--name", m.registry_name]
+    return None
+
+
+def fetch_container(plan: Plan, settings: PodSettings) -> dict[str, Any] | None:
+    source = _fetch_source(plan)
+    if source is None:
+        return None
+    rt = runtime(plan.runtime)
+    if plan.runtime == OLLAMA:
+        target = ["ollama", "--models-dir", rt.models_dir]
+    else:
+        target = ["gguf", "--dest", f"{rt.models_dir}/{WEIGHTS_FILE}"]
+    # A registry digest pins the blob the plan was made for; other digests are profile digests.
+    pin = ["--expect-digest", plan.model.digest] if plan.model.source == "registry" else []
+    return {
+        "name": FETCH_CONTAINER,
+        "image": settings.fetcher_image,
+        "command": ["python", "-m", "k80s.operator.fetch"],
+        "args": [*target, *source, "--registry-url", settings.registry_url, *pin],
+        "volumeMounts": [{"name": MODELS_VOLUME, "mountPath": rt.models_dir}],
+    }
+
+
+# -- the Deployment and the Service ---------------------------------------------------------------
+
+def _resources(spec: ModelDeploymentSpec, dies: int) -> dict[str, Any]:
+    limits = dict(spec.resources.get("limits") or {})
+    limits[DIE_RESOURCE] = str(dies)
+    out: dict[str, Any] = {"limits": limits}
+    if spec.resources.get("requests"):
+        out["requests"] = dict(spec.resources["requests"])
+    return out
+
+
+def pod_template(owner: Owner, spec: ModelDeploymentSpec, plan: Plan, settings: PodSettings) -> dict[str, Any]:
+    rt = runtime(plan.runtime)
+    probe = {"httpGet": {"path": rt.health_path, "port": "http"}}
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": plan.image,
+        "env": container_env(plan, spec.env),
+        "ports": [{"name": "http", "containerPort": rt.port, "protocol": "TCP"}],
+        "resources": _resources(spec, plan.dies),
+        "startupProbe": {**probe, "periodSeconds": 10, "failureThreshold": STARTUP_BUDGET_S // 10},
+        "readinessProbe": {**probe, "periodSeconds": 10, "failureThreshold": 3},
+        "volumeMounts": [{"name": MODELS_VOLUME, "mountPath": rt.models_dir}],
+    }
+    pod_spec: dict[str, Any] = {
+        "schedulerName": settings.scheduler_name,
+        "enableServiceLinks": False,
+        "containers": [container],
+        "volumes": [{"name": MODELS_VOLUME, "emptyDir": {}}],
+    }
+    fetch = fetch_container(plan, settings)
+    if fetch is not None:
+        pod_spec["initContainers"] = [fetch]
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in spec.tolerations]
+    return {
+        "metadata": {
+            "labels": {**owned_labels(owner.name), PLAN_HASH: plan.hash},
+            "annotations": {
+                MODEL: plan.model_annotation,
+                OPTIONS: plan.options_annotation,
+                ESTIMATE: plan.estimate_annotation,
+                PLAN_HASH: plan.hash,
+                SAFE_TO_EVICT: "false",
+            },
+        },
+        "spec": pod_spec,
+    }
+
+
+def deployment(owner: Owner, spec: ModelDeploymentSpec, plan: Plan, settings: PodSettings) -> dict[str, Any]:
+    """The Deployment (same name as the ModelDeployment). One replica at a time is replaced
+    (maxSurge 0): a surge pod would need dies the old one still holds."""
+    if not plan.fits:
+        raise ValueError("a Deployment is built only for a plan that fits")
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": owner.name,
+            "namespace": owner.namespace,
+            "labels": owned_labels(owner.name),
+            "ownerReferences": [owner.reference()],
+        },
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": {"matchLabels": selector_labels(owner.name)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
+            "revisionHistoryLimit": 3,
+            "progressDeadlineSeconds": STARTUP_BUDGET_S,
+            "template": pod_template(owner, spec, plan, settings),
+        },
+    }
+
+
+def service(owner: Owner, runtime_kind: str) -> dict[str, Any]:
+    """A ClusterIP Service in front of the replicas, on the runtime's port."""
+    port = runtime(runtime_kind).port
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": owner.name,
+            "namespace": owner.namespace,
+            "labels": owned_labels(owner.name),
+            "ownerReferences": [owner.reference()],
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(owner.name),
+            "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }

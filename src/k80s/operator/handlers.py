@@ -1,0 +1,404 @@
+"""kopf handlers for ModelDeployments, on an explicit `kopf.OperatorRegistry`.
+
+Each handler reads its inputs, calls the pure modules (`spec`, `plan`, `children`, `status`,
+`parity`) and patches; `Reconciler` holds what the handlers share (settings, API client,
+resolver, metrics, and per-object memory the API server can always rebuild).
+
+- `reconcile_model_deployment` (create / update of spec / resume): resolve the model, plan, apply
+  the Deployment and the Service (server-side apply: deterministic names, so a restart at any
+  point creates no duplicates), record the outcome, refresh the status.
+- `model_pod_changed` (pod events): replace pods that failed admission, refresh the status.
+- `node_inventory_changed` (node events): a node's `k80s.io/dies` changed: refresh the status of
+  the ModelDeployments with pods there (placements' die UUIDs).
+- `start_recheck` (startup): a loop that re-checks every object each `recheck_s` (parity probes of
+  Ready replicas, pods stuck after failed admission, status); not a kopf timer, which would add a
+  finalizer to every ModelDeployment.
+- `forget_model_deployment` (ModelDeployment deleted): drop memory and metrics; the children go
+  with the owner references (garbage collector).
+
+Errors (style.md §5): `InvalidInput` → condition + `kopf.PermanentError`; a plan that fits
+nowhere → Fits=False + `kopf.PermanentError`; transient API/registry trouble → `TemporaryError`.
+Every decision is an Event on the ModelDeployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import kopf
+import kubernetes.client
+
+from k80s.core.annotations import MODEL_DEPLOYMENT_LABEL
+from k80s.core.errors import InvalidInput
+from k80s.core.inventory import NodeInventory
+from k80s.operator import children, kube, parity
+from k80s.operator import status as st
+from k80s.operator.metrics import OperatorMetrics
+from k80s.operator.plan import Plan, make_plan, smallest_fit
+from k80s.operator.resolve import ResolveUnavailable, Resolver
+from k80s.operator.runtimes import LLAMACPP, runtime
+from k80s.operator.settings import OperatorSettings
+from k80s.operator.spec import GROUP, PLURAL, VERSION, parse_spec
+
+log = logging.getLogger(__name__)
+
+DIES_ANNOTATION: Final = "k80s.io/dies"
+FIT_SEARCH_LIMIT: Final = 16
+"""Dies tried when suggesting a larger maxDies (an 8xK80 chassis)."""
+TRANSIENT_RETRY_S: Final = 15.0
+ADMISSION_FAILURES: Final = ("UnexpectedAdmissionError", "OutOf")
+"""Pod failure reasons from kubelet admission: the ReplicaSet replaces the pod; we delete the
+failed one (with an Event) so failed pods do not pile up."""
+
+WARNING_REASONS: Final = frozenset({st.INSUFFICIENT_DIES, "RuntimeDiffersFromPlan", "CpuSpill", "ReplicasNotReady"})
+ANNOUNCED: Final = frozenset({"DiesPlaced", st.INSUFFICIENT_DIES, "ReplicasReady", "RuntimeMatchesPlan",
+                              "RuntimeDiffersFromPlan", "CpuSpill", "PolicyDiffersFromRuntime",
+                              "RuntimePolicyUnknown", "OptionNotSettable"})
+"""Condition reasons that become Events when a condition changes to them."""
+
+Key = tuple[str, str]
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass
+class _Memory:
+    """What the operator remembers about one ModelDeployment (all rebuildable from the API)."""
+
+    ref: dict[str, str]
+    outcome: st.Outcome | None = None
+    previous_conditions: list[Mapping[str, Any]] = field(default_factory=list)
+    written: dict[str, Any] | None = None  # last status written, without timestamps
+    applied: dict[str, str] = field(default_factory=dict)  # kind → digest of the manifest applied
+    parity: st.Condition | None = None
+    replaced: set[str] = field(default_factory=set)  # pod UIDs already deleted
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class Reconciler:
+    def __init__(self, settings: OperatorSettings, api: kubernetes.client.ApiClient,
+                 resolver: Resolver | None = None, metrics: OperatorMetrics | None = None) -> None:
+        self.settings = settings
+        self.api = api
+        self.metrics = metrics or OperatorMetrics()
+        self.resolver = resolver or Resolver(
+            registry_url=settings.registry_url, registry_first=settings.registry_first,
+            timeout_s=settings.http_timeout_s, header_window=settings.header_window_bytes,
+            header_cap=settings.header_cap_bytes, name_ttl_s=settings.name_ttl_s)
+        self.pod_settings = children.PodSettings(scheduler_name=settings.scheduler_name,
+                                                 fetcher_image=settings.fetcher_image,
+                                                 registry_url=settings.registry_url)
+        self.memory: dict[Key, _Memory] = {}
+        self._recheck_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- memory and events -----------------------------------------------------------------------
+
+    def remember(self, body: Mapping[str, Any]) -> _Memory:
+        meta = body.get("metadata") or {}
+        key = (meta["namespace"], meta["name"])
+        mem = self.memory.get(key)
+        if mem is None or mem.ref.get("uid") != meta.get("uid"):
+            ref = {"name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid", "")}
+            previous = list(((body.get("status") or {}).get("conditions")) or [])
+            mem = self.memory[key] = _Memory(ref=ref, previous_conditions=previous)
+        return mem
+
+    async def event(self, mem: _Memory, reason: str, message: str, *, warning: bool = False) -> None:
+        """Log the decision and post it as an Event in the background (never delays a reconcile)."""
+        (log.warning if warning else log.info)(message, extra={"object": f"{mem.ref['namespace']}/{mem.ref['name']}",
+                                                               "reason": reason})
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(
+            kube.post_event, self.api, dict(mem.ref), reason=reason, message=message, warning=warning))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def forget(self, key: Key) -> None:
+        self.memory.pop(key, None)
+        self.metrics.forget(*key)
+
+    # -- spec → plan → children --------------------------------------------------------------------
+
+    async def reconcile(self, body: Mapping[str, Any], pods: Any, nodes: Any) -> None:
+        started = time.monotonic()
+        mem = self.remember(body)
+        meta = body["metadata"]
+        generation = int(meta.get("generation") or 0)
+        try:
+            spec = parse_spec(body.get("spec"))
+            model = await asyncio.to_thread(self.resolver.resolve, spec.model)
+            plan = make_plan(spec, model, default_image=self._default_image(spec.runtime_kind),
+                             default_free_mib=self.settings.die_free_mib,
+                             extra_policy_rules=self.settings.runtime_policies)
+        except (InvalidInput, ResolveUnavailable) as exc:
+            permanent = isinstance(exc, InvalidInput)
+            replicas = int((body.get("spec") or {}).get("replicas") or 0)
+            await self._record(mem, st.Outcome(generation, replicas, st.unresolved_condition(exc, permanent=permanent)),
+                               pods, nodes)
+            await self.event(mem, "InvalidModel" if permanent else "ResolveFailed", str(exc), warning=True)
+            self.metrics.reconciles.labels("invalid" if permanent else "retry").inc()
+            if permanent:
+                raise kopf.PermanentError(str(exc)) from None
+            raise kopf.TemporaryError(str(exc), delay=TRANSIENT_RETRY_S) from None
+        self.metrics.resolutions.labels(model.source, "ok").inc()
+        fits = st.fits_condition(plan, None if plan.fits else smallest_fit(plan, FIT_SEARCH_LIMIT), FIT_SEARCH_LIMIT)
+        resolved = st.resolved_condition(model.name, model.source, model.digest, model.profile.architecture,
+                                         model.profile.block_count)
+        outcome = st.Outcome(generation, spec.replicas, resolved, fits, plan, model.facts())
+        await self._announce_plan(mem, plan, fits)
+        if plan.fits:
+            owner = children.Owner(meta["name"], meta["namespace"], meta["uid"])
+            await self._apply(mem, children.deployment(owner, spec, plan, self.pod_settings),
+                              children.service(owner, spec.runtime_kind), plan)
+        await self._record(mem, outcome, pods, nodes)
+        self.metrics.reconcile_seconds.observe(time.monotonic() - started)
+        self.metrics.reconciles.labels("applied" if plan.fits else "does_not_fit").inc()
+        if not plan.fits:
+            raise kopf.PermanentError(fits.message)
+
+    def _default_image(self, kind: str) -> str:
+        return self.settings.llamacpp_image if kind == LLAMACPP else self.settings.ollama_image
+
+    async def _announce_plan(self, mem: _Memory, plan: Plan, fits: st.Condition) -> None:
+        old = mem.outcome.plan if mem.outcome is not None else None
+        if old is not None and old.hash == plan.hash and old.fits == plan.fits:
+            return
+        if old is None or old.model.digest != plan.model.digest:
+            await self.event(mem, "ModelResolved", f"{plan.model.name} from the {plan.model.source}: "
+                             f"{plan.model.profile.architecture}, {plan.model.profile.block_count} blocks, "
+                             f"{plan.model.digest}")
+        if plan.fits:
+            await self.event(mem, "Planned", fits.message)
+        else:
+            await self.event(mem, st.INSUFFICIENT_DIE_MEMORY, fits.message, warning=True)
+        ctx = plan.model.params_num_ctx
+        if plan.runtime != LLAMACPP and ctx is not None and ctx != plan.options.num_ctx:
+            await self.event(mem, "ModelParamsOverrideContext",
+                             f"the model's params layer sets num_ctx {ctx}, which Ollama prefers to "
+                             f"OLLAMA_CONTEXT_LENGTH {plan.options.num_ctx}: set spec.options.numCtx to {ctx}",
+                             warning=True)
+        mem.parity = parity.policy_condition(plan)
+
+    async def _apply(self, mem: _Memory, deployment: dict[str, Any], service: dict[str, Any], plan: Plan) -> None:
+        changed = []
+        for manifest in (deployment, service):
+            digest = _digest(manifest)
+            if mem.applied.get(manifest["kind"]) == digest:
+                continue
+            try:
+                await asyncio.to_thread(kube.apply, self.api, manifest)
+            except Exception as exc:
+                if kube.transient(exc):
+                    raise kopf.TemporaryError(f"applying {manifest['kind']}: {exc}", delay=5) from None
+                raise
+            mem.applied[manifest["kind"]] = digest
+            changed.append(f"{manifest['kind']}/{manifest['metadata']['name']}")
+        if changed:
+            await self.event(mem, "Applied", f"{' and '.join(changed)}: {plan.dies} die(s) per replica, split "
+                             f"{','.join(str(n) for n in plan.estimate.tensor_split)}, plan {plan.hash}")
+
+    async def _record(self, mem: _Memory, outcome: st.Outcome, pods: Any, nodes: Any) -> None:
+        mem.outcome = outcome
+        await self.refresh(mem, pods, nodes)
+
+    # -- status ----------------------------------------------------------------------------------------
+
+    def status_inputs(self, mem: _Memory, pods: Any, nodes: Any) -> st.StatusInputs | None:
+        if mem.outcome is None:
+            return None
+        key = (mem.ref["namespace"], mem.ref["name"])
+        views = [p for p in pods.get(key, [])] if pods is not None else []
+        inventories: dict[str, NodeInventory | None] = {}
+        for p in views:
+            if p.node and nodes is not None:
+                found = list(nodes.get(p.node, []))
+                inventories[p.node] = found[0] if found else None
+        return st.StatusInputs(mem.ref["name"], mem.outcome, views, inventories, mem.parity)
+
+    async def refresh(self, mem: _Memory, pods: Any, nodes: Any) -> None:
+        """Compute the status and patch it if it changed (one writer per object at a time)."""
+        async with mem.lock:
+            inputs = self.status_inputs(mem, pods, nodes)
+            if inputs is None:
+                return
+            status = st.build_status(inputs, mem.previous_conditions, _now())
+            if st.without_times(status) == mem.written:
+                return
+            try:
+                found = await asyncio.to_thread(kube.patch_status, self.api, mem.ref["namespace"], mem.ref["name"],
+                                                status)
+            except Exception as exc:
+                if kube.transient(exc):
+                    log.warning("status patch failed", extra={"object": mem.ref["name"], "error": str(exc)[:200]})
+                    return
+                raise
+            if not found:
+                return
+            self.metrics.status_patches.inc()
+            old = {str(c.get("type")): c for c in mem.previous_conditions}
+            mem.written = st.without_times(status)
+            mem.previous_conditions = status["conditions"]
+            dies = status["dies"]
+            self.metrics.set_dies(mem.ref["namespace"], mem.ref["name"], dies["wanted"], dies["placed"],
+                                  status["readyReplicas"])
+        await self._announce_transitions(mem, old, status["conditions"])
+
+    async def _announce_transitions(self, mem: _Memory, old: Mapping[str, Any], new: Iterable[Mapping[str, Any]]) -> None:
+        for cond in new:
+            before = old.get(cond["type"]) or {}
+            if (before.get("status"), before.get("reason")) == (cond["status"], cond["reason"]):
+                continue
+            if cond["reason"] not in ANNOUNCED and not (cond["type"] == st.READY and before.get("status") == "True"):
+                continue  # routine progress (Scheduling, not ready yet) is in the status, not an Event
+            await self.event(mem, cond["reason"], f"{cond['type']}={cond['status']}: {cond['message']}",
+                             warning=cond["reason"] in WARNING_REASONS)
+
+    # -- pods ------------------------------------------------------------------------------------------
+
+    async def replace_failed_pod(self, mem: _Memory, pod: st.PodView) -> None:
+        """A pod kubelet refused at admission stays Failed; delete it (the ReplicaSet has made or
+        will make a replacement) and say so."""
+        if pod.phase != "Failed" or pod.deleting or not pod.reason.startswith(ADMISSION_FAILURES):
+            return
+        if pod.uid in mem.replaced:
+            return
+        mem.replaced.add(pod.uid)
+        deleted = await asyncio.to_thread(kube.delete_pod, self.api, pod.namespace, pod.name, pod.uid)
+        if deleted:
+            self.metrics.pods_replaced.labels(pod.reason).inc()
+            await self.event(mem, "PodReplaced", f"pod {pod.name} failed admission on {pod.node} ({pod.reason}: "
+                             f"{pod.message}); deleted, the ReplicaSet replaces it", warning=True)
+
+    async def probe_parity(self, mem: _Memory, pods: Any) -> None:
+        """Best effort: ask the Ready replicas of the current plan what they loaded."""
+        outcome = mem.outcome
+        if not self.settings.parity_probe or outcome is None or outcome.plan is None or not outcome.planned:
+            return
+        plan = outcome.plan
+        key = (mem.ref["namespace"], mem.ref["name"])
+        ready = [p for p in (pods.get(key, []) if pods is not None else [])
+                 if p.active and p.ready and p.ip and p.plan_hash == plan.hash]
+        if not ready:
+            return
+        port = runtime(plan.runtime).port
+        observations = await asyncio.gather(*(asyncio.to_thread(
+            parity.probe, plan, p.name, f"http://{p.ip}:{port}", timeout_s=self.settings.parity_timeout_s,
+            tolerance_mib=self.settings.parity_tolerance_mib, load_ollama=self.settings.ollama_load)
+            for p in ready))
+        mem.parity = parity.combine(plan, observations)
+
+
+    # -- the periodic re-check ------------------------------------------------------------------------
+
+    def start_recheck(self, pods: Any, nodes: Any) -> None:
+        self._recheck_task = asyncio.get_running_loop().create_task(self._recheck_loop(pods, nodes),
+                                                                    name="k80s recheck")
+
+    async def _recheck_loop(self, pods: Any, nodes: Any) -> None:
+        while True:
+            await asyncio.sleep(self.settings.recheck_s)
+            for mem in list(self.memory.values()):
+                try:
+                    await self.recheck(mem, pods, nodes)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001 - one object's trouble must not stop the loop
+                    log.exception("re-check failed", extra={"object": f"{mem.ref['namespace']}/{mem.ref['name']}"})
+
+    async def recheck(self, mem: _Memory, pods: Any, nodes: Any) -> None:
+        """Stuck pods, parity probes, then the status (what the timer of a controller would do)."""
+        key = (mem.ref["namespace"], mem.ref["name"])
+        for pod in list(pods.get(key, [])) if pods is not None else []:
+            await self.replace_failed_pod(mem, pod)
+        await self.probe_parity(mem, pods)
+        await self.refresh(mem, pods, nodes)
+
+
+def _inventory(annotations: Mapping[str, str]) -> NodeInventory | None:
+    text = annotations.get(DIES_ANNOTATION)
+    if not text:
+        return None
+    try:
+        return NodeInventory.from_json(text)
+    except InvalidInput:
+        return None
+
+
+def build_registry(rec: Reconciler) -> kopf.OperatorRegistry:
+    """Every handler of the operator, registered on one explicit registry."""
+    registry = kopf.OperatorRegistry()
+    md = (GROUP, VERSION, PLURAL)
+
+    @kopf.on.login(id="login", registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return kube.connection_info(rec.settings.kubeconfig)
+
+    @kopf.index("", "v1", "pods", id="model_pods", labels={MODEL_DEPLOYMENT_LABEL: kopf.PRESENT},  # type: ignore[arg-type]
+                registry=registry)
+    def model_pods(namespace: str, labels: Mapping[str, str], body: Mapping[str, Any], **_: Any) -> Any:
+        return {(namespace, labels[MODEL_DEPLOYMENT_LABEL]): st.pod_view(body)}
+
+    @kopf.index("", "v1", "nodes", id="node_inventories", registry=registry)
+    def node_inventories(name: str, annotations: Mapping[str, str], **_: Any) -> Any:
+        return {name: _inventory(annotations)}
+
+    @kopf.on.resume(*md, id="reconcile", registry=registry)
+    @kopf.on.create(*md, id="reconcile", registry=registry)
+    @kopf.on.update(*md, id="reconcile", field="spec", registry=registry)  # type: ignore[arg-type]
+    async def reconcile_model_deployment(body: kopf.Body, model_pods: kopf.Index[Key, st.PodView],
+                                         node_inventories: kopf.Index[str, Any], **_: Any) -> None:
+        await rec.reconcile(body, model_pods, node_inventories)
+
+    @kopf.on.event("", "v1", "pods", id="model_pod_changed", labels={MODEL_DEPLOYMENT_LABEL: kopf.PRESENT},  # type: ignore[arg-type]
+                    registry=registry)
+    async def model_pod_changed(body: kopf.Body, namespace: str, labels: Mapping[str, str],
+                                model_pods: kopf.Index[Key, st.PodView], node_inventories: kopf.Index[str, Any],
+                                **_: Any) -> None:
+        mem = rec.memory.get((namespace, labels[MODEL_DEPLOYMENT_LABEL]))
+        if mem is None:
+            return  # not reconciled yet: its reconcile will write the status
+        await rec.replace_failed_pod(mem, st.pod_view(body))
+        await rec.refresh(mem, model_pods, node_inventories)
+
+    seen_inventories: dict[str, str] = {}
+
+    @kopf.on.event("", "v1", "nodes", id="node_inventory_changed", registry=registry)  # type: ignore[arg-type]
+    async def node_inventory_changed(name: str, annotations: Mapping[str, str],
+                                     model_pods: kopf.Index[Key, st.PodView],
+                                     node_inventories: kopf.Index[str, Any], **_: Any) -> None:
+        text = annotations.get(DIES_ANNOTATION, "")
+        if seen_inventories.get(name) == text:
+            return
+        seen_inventories[name] = text
+        keys = {key for key, views in model_pods.items() if any(v.node == name for v in views)}
+        for key in keys:
+            if (mem := rec.memory.get(key)) is not None:
+                await rec.refresh(mem, model_pods, node_inventories)
+
+    @kopf.on.startup(id="start_recheck", registry=registry)  # type: ignore[arg-type]
+    async def start_recheck(model_pods: kopf.Index[Key, st.PodView], node_inventories: kopf.Index[str, Any],
+                            **_: Any) -> None:
+        # A loop of our own, not @kopf.timer: kopf puts a finalizer on every object with a timer,
+        # which would make deleting a ModelDeployment wait for a running operator.
+        rec.start_recheck(model_pods, node_inventories)
+
+    @kopf.on.event(*md, id="forget_on_delete", registry=registry)  # type: ignore[arg-type]
+    def forget_model_deployment(type: str, namespace: str, name: str, **_: Any) -> None:
+        if type == "DELETED":
+            rec.forget((namespace, name))
+
+    return registry

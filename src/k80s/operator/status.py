@@ -1,0 +1,341 @@
+"""A ModelDeployment's status, computed from what the operator knows (design.md, ModelDeployment).
+
+Pure: the plan (or why there is none), the model pods as the API server shows them, the nodes'
+`k80s.io/dies` inventories and the latest parity observation go in; the whole `status` object
+comes out. The handlers only gather those inputs and patch the result.
+
+Conditions:
+- `ModelResolved`: the model reference became a profile (reason `Resolved`, or `InvalidModel` /
+  `ResolveFailed` with the error).
+- `Fits`: the plan fits on at most `maxDies` idle dies (`FitsOnDies`), else False with reason
+  `InsufficientDieMemory` and the numbers.
+- `Scheduled`: the replicas' dies are placed: True, or False with reason `InsufficientDies` and
+  "wanted W, placed P" plus the scheduler's message once it reported a pod Unschedulable
+  (reason `Scheduling` before it has).
+- `Ready`: every wanted replica of the current plan is Ready.
+- `PlanParity`: whether the runtime computes what the plan says (`k80s.operator.parity`).
+
+Counting: a pod is *active* when it is neither terminal nor being deleted. `replicas` and
+`readyReplicas` count active pods (as a Deployment does); `dies.placed` sums the `k80s.io/die`
+requests of active, bound pods of the *current* plan (label `k80s.io/plan-hash`), so a pod of an
+old plan never makes the new one look placed. `dies.wanted` = replicas × dies per replica.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from k80s.core.annotations import ESTIMATE, MODEL_DEPLOYMENT_LABEL
+from k80s.core.inventory import NodeInventory
+from k80s.core.units import mib
+from k80s.operator.children import PLAN_HASH, selector
+from k80s.operator.plan import Plan
+
+ALLOCATE_ANNOTATION: Final = "localcluster.k80s.io/allocate"
+"""The simulated kubelet records Allocate's answer here; read only when no inventory names the pod."""
+
+MODEL_RESOLVED: Final = "ModelResolved"
+FITS: Final = "Fits"
+SCHEDULED: Final = "Scheduled"
+READY: Final = "Ready"
+PLAN_PARITY: Final = "PlanParity"
+CONDITION_ORDER: Final = (MODEL_RESOLVED, FITS, SCHEDULED, READY, PLAN_PARITY)
+
+INSUFFICIENT_DIE_MEMORY: Final = "InsufficientDieMemory"
+INSUFFICIENT_DIES: Final = "InsufficientDies"
+TERMINAL_PHASES: Final = frozenset({"Succeeded", "Failed"})
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    type: str
+    status: str  # "True", "False", "Unknown"
+    reason: str
+    message: str
+
+    def to_dict(self, transition: str, generation: int) -> dict[str, Any]:
+        return {"type": self.type, "status": self.status, "reason": self.reason, "message": self.message,
+                "lastTransitionTime": transition, "observedGeneration": generation}
+
+
+@dataclass(frozen=True, slots=True)
+class PodView:
+    """What the status needs to know about one model pod."""
+
+    name: str
+    namespace: str
+    uid: str = ""
+    node: str | None = None
+    phase: str = "Pending"
+    reason: str = ""
+    message: str = ""
+    ready: bool = False
+    deleting: bool = False
+    dies: int = 0
+    plan_hash: str = ""
+    tensor_split: tuple[int, ...] = ()
+    allocated_ids: tuple[str, ...] = ()
+    unschedulable: str = ""  # PodScheduled=False message from the scheduler
+    ip: str = ""
+
+    @property
+    def active(self) -> bool:
+        return self.phase not in TERMINAL_PHASES and not self.deleting
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+def pod_view(pod: Mapping[str, Any]) -> PodView:
+    """A PodView from the API server's pod JSON (camelCase)."""
+    meta, spec, status = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
+    annotations = meta.get("annotations") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    scheduled = conditions.get("PodScheduled") or {}
+    return PodView(
+        name=meta.get("name", ""),
+        namespace=meta.get("namespace", ""),
+        uid=meta.get("uid", ""),
+        node=spec.get("nodeName") or None,
+        phase=status.get("phase") or "Pending",
+        reason=status.get("reason") or "",
+        message=status.get("message") or "",
+        ready=(conditions.get("Ready") or {}).get("status") == "True",
+        deleting=bool(meta.get("deletionTimestamp")),
+        dies=_die_request(spec),
+        plan_hash=(meta.get("labels") or {}).get(PLAN_HASH, ""),
+        tensor_split=_split(annotations.get(ESTIMATE)),
+        allocated_ids=_allocated(annotations.get(ALLOCATE_ANNOTATION)),
+        unschedulable=scheduled.get("message") or "" if scheduled.get("status") == "False" else "",
+        ip=status.get("podIP") or "",
+    )
+
+
+def owner_of(pod: Mapping[str, Any]) -> str | None:
+    """The ModelDeployment a pod belongs to (its `k80s.io/model-deployment` label)."""
+    return ((pod.get("metadata") or {}).get("labels") or {}).get(MODEL_DEPLOYMENT_LABEL)
+
+
+def _die_request(spec: Mapping[str, Any]) -> int:
+    total = 0
+    for c in spec.get("containers") or []:
+        limits = (c.get("resources") or {}).get("limits") or {}
+        try:
+            total += int(limits.get("k80s.io/die") or 0)
+        except (TypeError, ValueError):
+            pass
+    return total
+
+
+def _split(text: str | None) -> tuple[int, ...]:
+    try:
+        split = json.loads(text or "{}").get("tensorSplit") or []
+        return tuple(int(n) for n in split)
+    except (ValueError, TypeError, AttributeError):
+        return ()
+
+
+def _allocated(text: str | None) -> tuple[str, ...]:
+    try:
+        ids = json.loads(text or "{}").get("deviceIDs") or []
+        return tuple(str(i) for i in ids)
+    except (ValueError, TypeError, AttributeError):
+        return ()
+
+
+# -- plan conditions ------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What reconciling the spec established: the plan, or why there is none."""
+
+    generation: int
+    replicas: int
+    resolved: Condition
+    fits: Condition | None = None
+    plan: Plan | None = None
+    model_facts: Mapping[str, Any] | None = None
+
+    @property
+    def planned(self) -> bool:
+        return self.plan is not None and self.plan.fits
+
+
+def resolved_condition(plan_or_model_name: str, source: str, digest: str, architecture: str, blocks: int) -> Condition:
+    return Condition(MODEL_RESOLVED, "True", "Resolved",
+                     f"{plan_or_model_name} from the {source}: {architecture}, {blocks} blocks, {digest}")
+
+
+def unresolved_condition(error: Exception, *, permanent: bool) -> Condition:
+    return Condition(MODEL_RESOLVED, "False", "InvalidModel" if permanent else "ResolveFailed", str(error))
+
+
+def _gib(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:.1f}"
+
+
+def fits_condition(plan: Plan, smallest_fit: int | None = None, search_limit: int = 16) -> Condition:
+    """Fits=True with the plan's numbers, or False/InsufficientDieMemory with the shortfall."""
+    e = plan.estimate
+    per_die = ", ".join(f"{_gib(b)}" for b in e.per_die_bytes)
+    split = ",".join(str(n) for n in e.tensor_split)
+    if plan.fits:
+        return Condition(FITS, "True", "FitsOnDies",
+                         f"{plan.model.name} fits on {e.dies_used} die(s) with {plan.plan_free_mib} MiB free each: "
+                         f"[{per_die}] GiB, {mib(e.vram_bytes):.0f} MiB in all, split {split} "
+                         f"(policy {plan.options.policy})")
+    hint = (f"; it fits on {smallest_fit} dies: raise spec.maxDies" if smallest_fit is not None
+            else f"; no count of up to {search_limit} such dies holds it")
+    return Condition(
+        FITS, "False", INSUFFICIENT_DIE_MEMORY,
+        f"{plan.model.name} needs {mib(e.total_bytes):.0f} MiB ({e.layers_total} layers, graph "
+        f"{mib(e.graph_bytes):.0f} MiB, KV {mib(e.kv_bytes):.0f} MiB); on {plan.max_dies} die(s) with "
+        f"{plan.plan_free_mib} MiB free each (maxDies {plan.max_dies}) only {e.layers_offloaded} of "
+        f"{e.layers_total} layers fit ([{per_die}] GiB){hint}",
+    )
+
+
+# -- observed conditions -------------------------------------------------------------------------
+
+def _no_plan_reason(outcome: Outcome) -> tuple[str, str]:
+    if outcome.resolved.status != "True":
+        return "ModelNotResolved", "the model is not resolved: see ModelResolved"
+    return "DoesNotFit", "the model does not fit: see Fits"
+
+
+def scheduled_condition(outcome: Outcome, wanted: int, placed: int, pods: Sequence[PodView]) -> Condition:
+    if not outcome.planned:
+        reason, message = _no_plan_reason(outcome)
+        return Condition(SCHEDULED, "Unknown", reason, message)
+    counts = f"wanted {wanted}, placed {placed}"
+    if placed >= wanted:
+        return Condition(SCHEDULED, "True", "ScaledToZero" if wanted == 0 else "DiesPlaced", counts)
+    pending = next((p.unschedulable for p in pods if p.active and p.node is None and p.unschedulable), "")
+    if not pending:  # the scheduler has not refused anything (yet): pods are on their way
+        return Condition(SCHEDULED, "False", "Scheduling", counts)
+    return Condition(SCHEDULED, "False", INSUFFICIENT_DIES, f"{counts}; scheduler: {pending}")
+
+
+def ready_condition(outcome: Outcome, ready_current: int) -> Condition:
+    if not outcome.planned:
+        reason, message = _no_plan_reason(outcome)
+        return Condition(READY, "False", reason, message)
+    want = outcome.replicas
+    if want == 0:
+        return Condition(READY, "False", "ScaledToZero", "spec.replicas is 0")
+    text = f"{min(ready_current, want)} of {want} replicas ready"
+    if ready_current >= want:
+        return Condition(READY, "True", "ReplicasReady", text)
+    return Condition(READY, "False", "ReplicasNotReady", text)
+
+
+# -- placements -------------------------------------------------------------------------------------
+
+def die_uuids(pod: PodView, inventories: Mapping[str, NodeInventory | None]) -> list[str]:
+    """The pod's dies in CUDA order: from the node's inventory (`allocatedTo`), else from the
+    Allocate answer the simulated kubelet records, else none known yet."""
+    inventory = inventories.get(pod.node or "")
+    if inventory is not None:
+        owned = sorted((d for d in inventory.dies if d.allocated_to == pod.key), key=lambda d: d.index)
+        if owned:
+            return [d.uuid for d in owned]
+    return list(pod.allocated_ids)
+
+
+def placements(pods: Iterable[PodView], inventories: Mapping[str, NodeInventory | None]) -> list[dict[str, Any]]:
+    return [
+        {"pod": p.name, "node": p.node, "dieUUIDs": die_uuids(p, inventories), "tensorSplit": list(p.tensor_split)}
+        for p in sorted(pods, key=lambda p: p.name)
+        if p.active and p.node
+    ]
+
+
+# -- the whole status ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    replicas: int
+    ready: int
+    wanted: int
+    placed: int
+    ready_current: int
+
+
+def counts(outcome: Outcome, pods: Sequence[PodView]) -> Counts:
+    active = [p for p in pods if p.active]
+    current_hash = outcome.plan.hash if outcome.planned and outcome.plan is not None else None
+    current = [p for p in active if current_hash is not None and p.plan_hash == current_hash]
+    dies = outcome.plan.dies if outcome.planned and outcome.plan is not None else 0
+    return Counts(
+        replicas=len(active),
+        ready=sum(1 for p in active if p.ready),
+        wanted=outcome.replicas * dies,
+        placed=sum(p.dies for p in current if p.node),
+        ready_current=sum(1 for p in current if p.ready),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StatusInputs:
+    name: str
+    outcome: Outcome
+    pods: Sequence[PodView]
+    inventories: Mapping[str, NodeInventory | None] = field(default_factory=dict)
+    parity: Condition | None = None
+
+
+def conditions_for(inputs: StatusInputs) -> list[Condition]:
+    o = inputs.outcome
+    c = counts(o, inputs.pods)
+    conditions = [o.resolved]
+    if o.fits is not None:
+        conditions.append(o.fits)
+    conditions.append(scheduled_condition(o, c.wanted, c.placed, inputs.pods))
+    conditions.append(ready_condition(o, c.ready_current))
+    if inputs.parity is not None and o.planned:
+        conditions.append(inputs.parity)
+    return conditions
+
+
+def merge_conditions(
+    new: Sequence[Condition], previous: Sequence[Mapping[str, Any]], now: str, generation: int
+) -> list[dict[str, Any]]:
+    """Conditions as JSON; `lastTransitionTime` moves only when a condition's status changes."""
+    before = {c.get("type"): c for c in previous}
+    out = []
+    for cond in new:
+        old = before.get(cond.type)
+        transition = old.get("lastTransitionTime") if old and old.get("status") == cond.status else None
+        out.append(cond.to_dict(transition or now, generation))
+    return out
+
+
+def build_status(inputs: StatusInputs, previous_conditions: Sequence[Mapping[str, Any]], now: str) -> dict[str, Any]:
+    """The complete `status` of a ModelDeployment."""
+    o = inputs.outcome
+    c = counts(o, inputs.pods)
+    status: dict[str, Any] = {
+        "observedGeneration": o.generation,
+        "replicas": c.replicas,
+        "readyReplicas": c.ready,
+        "selector": selector(inputs.name),
+        "conditions": merge_conditions(conditions_for(inputs), previous_conditions, now, o.generation),
+        "placements": placements(inputs.pods, inputs.inventories),
+        "dies": {"wanted": c.wanted, "placed": c.placed},
+    }
+    # None removes a stale value under a merge patch (e.g. the model no longer resolves).
+    status["model"] = dict(o.model_facts) if o.model_facts is not None else None
+    status["estimate"] = o.plan.estimate_status() if o.plan is not None else None
+    return status
+
+
+def without_times(status: Mapping[str, Any]) -> dict[str, Any]:
+    """The status with condition timestamps dropped: equal values need no patch."""
+    out = dict(status)
+    out["conditions"] = [{k: v for k, v in c.items() if k != "lastTransitionTime"}
+                         for c in status.get("conditions") or []]
+    return out
