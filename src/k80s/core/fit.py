@@ -180,21 +180,26 @@ class DieSlot:
     idle_mib: int  # free memory with nothing running; 0 when UNHEALTHY
 
 
-class DieVector:
-    """The free-die vector of a node: its `DieSlot`s in CUDA order. Hashable (hash computed once),
-    compared by value; the cache key of a decision together with the request key."""
+_STATE_CODE: Final = {DieState.FREE: 0, DieState.TAKEN: 1, DieState.UNHEALTHY: 2}
 
-    __slots__ = ("slots", "_hash")
+
+class DieVector:
+    """The free-die vector of a node: its `DieSlot`s in CUDA order. Hashable and compared by
+    value through a flat tuple of ints (computed once), so nodes with equal vectors meet in a
+    dict at C speed; the cache key of a decision together with the request key."""
+
+    __slots__ = ("slots", "_key", "_hash")
 
     def __init__(self, slots: Iterable[DieSlot]) -> None:
         self.slots: tuple[DieSlot, ...] = tuple(slots)
-        self._hash = hash(self.slots)
+        self._key = tuple(v for s in self.slots for v in (s.board, _STATE_CODE[s.state], s.free_mib, s.idle_mib))
+        self._hash = hash(self._key)
 
     def __hash__(self) -> int:
         return self._hash
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, DieVector) and (self is other or (self._hash == other._hash and self.slots == other.slots))
+        return isinstance(other, DieVector) and (self is other or self._key == other._key)
 
     def __repr__(self) -> str:
         return f"DieVector({list(self.slots)!r})"
@@ -205,11 +210,14 @@ class NodeView:
     """A node's dies in CUDA order, the UUIDs in use, and the resulting free-die vector.
 
     Computed once per change of the node or of the pods bound to it (`node_view`), not per request.
+    `generic`: the die indices are 0, 1, … in CUDA order and every die is healthy, so a refusal
+    reason depends on the vector alone and can be shared with other nodes of the same vector.
     """
 
     dies: tuple[DieInfo, ...]
     taken: frozenset[str]
     vector: DieVector
+    generic: bool = False
 
 
 def idle_free_mib(die: DieInfo) -> int:
@@ -236,7 +244,8 @@ def node_view(inventory: NodeInventory | Sequence[DieInfo], bound_pods: Iterable
             slots.append(DieSlot(rank[d.board], DieState.TAKEN, 0, idle_free_mib(d)))
         else:
             slots.append(DieSlot(rank[d.board], DieState.FREE, d.free_mib, idle_free_mib(d)))
-    return NodeView(dies=dies, taken=taken, vector=DieVector(slots))
+    generic = all(d.index == i and d.healthy for i, d in enumerate(dies))
+    return NodeView(dies=dies, taken=taken, vector=DieVector(slots), generic=generic)
 
 
 # ==================================================================================================
@@ -542,24 +551,48 @@ def fit_node(
     return fit_view(request, node_view(inventory, bound_pods), memo)
 
 
-def fit_nodes(request: FitRequest, views: Mapping[str, NodeView], memo: Memo | None = None) -> dict[str, NodeFit]:
-    """`fit_view` for many nodes; nodes with the same free-die vector share one decision."""
-    local: dict[DieVector, Decision] = {}
-    out: dict[str, NodeFit] = {}
+def decide_nodes(request: FitRequest, views: Mapping[str, NodeView], memo: Memo | None = None) -> dict[str, Decision]:
+    """The decision for each node. Nodes with the same free-die vector share one `Decision`
+    object (computed once per call, and looked up in `memo` across calls): the extender's hot path,
+    which needs no per-node `NodeFit`. Reasons come from `reasons_for`, scores from `score_decisions`."""
+    shared: dict[DieVector, Decision] = {}
+    out: dict[str, Decision] = {}
     for name, view in views.items():
-        d = local.get(view.vector)
+        vector = view.vector
+        d = shared.get(vector)
         if d is None:
-            d = local[view.vector] = decide(request, view.vector, memo)
-        out[name] = NodeFit(
-            fits=d.fits,
-            dies=tuple(view.dies[p] for p in d.positions),
-            reason="" if d.fits else reason(d, view, request),
-            unresolvable=d.unresolvable,
-            estimate=d.estimate,
-            rank=d.rank,
-            refusal=d.refusal,
-        )
+            d = shared[vector] = decide(request, vector, memo)
+        out[name] = d
     return out
+
+
+def reasons_for(request: FitRequest, views: Mapping[str, NodeView], decisions: Mapping[str, Decision]) -> dict[str, str]:
+    """Refusal reasons of the refused nodes; generic views with the same vector share one text."""
+    shared: dict[DieVector, str] = {}
+    out: dict[str, str] = {}
+    for name, d in decisions.items():
+        if d.fits:
+            continue
+        view = views[name]
+        if view.generic:
+            text = shared.get(view.vector)
+            if text is None:
+                text = shared[view.vector] = reason(d, view, request)
+        else:
+            text = reason(d, view, request)
+        out[name] = text
+    return out
+
+
+def fit_nodes(request: FitRequest, views: Mapping[str, NodeView], memo: Memo | None = None) -> dict[str, NodeFit]:
+    """`fit_view` for many nodes, sharing decisions and reason texts between equal vectors."""
+    decisions = decide_nodes(request, views, memo)
+    texts = reasons_for(request, views, decisions)
+    return {
+        name: NodeFit(d.fits, tuple([views[name].dies[p] for p in d.positions]), texts.get(name, ""),
+                      d.unresolvable, d.estimate, d.rank, d.refusal)
+        for name, d in decisions.items()
+    }
 
 
 # ==================================================================================================
@@ -567,11 +600,20 @@ def fit_nodes(request: FitRequest, views: Mapping[str, NodeView], memo: Memo | N
 # ==================================================================================================
 
 
+def _order(ranks: Iterable[tuple[str, Rank | None]]) -> list[str]:
+    by_key: dict[tuple[int, int, int, int], list[str]] = {}
+    for name, rank in ranks:
+        if rank is not None:
+            by_key.setdefault(rank.key, []).append(name)
+    order: list[str] = []
+    for key in sorted(by_key):
+        order.extend(sorted(by_key[key]))
+    return order
+
+
 def rank_order(fits: Mapping[str, NodeFit]) -> list[str]:
     """The fitting nodes, best first (the total order of the module docstring)."""
-    ranked = [(f.rank.key, name) for name, f in fits.items() if f.fits and f.rank is not None]
-    ranked.sort()
-    return [name for _, name in ranked]
+    return _order((name, f.rank if f.fits else None) for name, f in fits.items())
 
 
 def score_for_rank(rank: int, count: int) -> int:
@@ -581,10 +623,23 @@ def score_for_rank(rank: int, count: int) -> int:
     return (MAX_SCORE - 1) - (MAX_SCORE * (rank - 1)) // (count - 1)
 
 
-def score_nodes(fits: Mapping[str, NodeFit]) -> dict[str, int]:
-    """0–10 per node: fitting nodes by rank (module docstring), the others 0."""
-    order = rank_order(fits)
-    scores = {name: 0 for name in fits}
+def _scores(names: Iterable[str], order: Sequence[str]) -> dict[str, int]:
+    scores = dict.fromkeys(names, 0)
     for r, name in enumerate(order):
         scores[name] = score_for_rank(r, len(order))
     return scores
+
+
+def score_nodes(fits: Mapping[str, NodeFit]) -> dict[str, int]:
+    """0–10 per node: fitting nodes by rank (module docstring), the others 0."""
+    return _scores(fits, rank_order(fits))
+
+
+def decision_order(decisions: Mapping[str, Decision]) -> list[str]:
+    """`rank_order` over `decide_nodes` results."""
+    return _order((name, d.rank if d.fits else None) for name, d in decisions.items())
+
+
+def score_decisions(decisions: Mapping[str, Decision]) -> dict[str, int]:
+    """`score_nodes` over `decide_nodes` results."""
+    return _scores(decisions, decision_order(decisions))

@@ -22,11 +22,11 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from k80s.core.errors import InvalidInput
-from k80s.core.fit import NodeView, node_view
+from k80s.core.fit import DieVector, NodeView, node_view
 from k80s.core.inventory import NodeInventory
 from k80s.core.placement import BoundPod
 from k80s.extender.wire import DIES_ANNOTATION, node_annotation, node_name, pod_info
@@ -84,6 +84,7 @@ class ClusterCache:
         self._pods_by_node: dict[str, dict[str, _Pod]] = {}
         self._views: dict[str, NodeView | NodeProblem] = {}
         self._synced: dict[str, bool] = {NODES: False, PODS: False}
+        self._vectors: dict[DieVector, DieVector] = {}
         self.on_change: Callable[[], None] | None = None
 
     # -- reads ---------------------------------------------------------------------------------
@@ -98,6 +99,11 @@ class ClusterCache:
     def view(self, name: str) -> NodeView | NodeProblem | None:
         """The node's current view; None when the node is not in the cache."""
         return self._views.get(name)
+
+    @property
+    def lookup(self) -> Callable[[str], NodeView | NodeProblem | None]:
+        """`view` without the method call (the per-node hot path); the dict is never replaced."""
+        return self._views.get
 
     def snapshot(self) -> dict[str, NodeView | NodeProblem]:
         """A copy of every node's view (for tools; requests look nodes up one by one)."""
@@ -228,7 +234,18 @@ class ClusterCache:
             self._views[name] = NodeProblem(node.problem)
             return
         pods = [BoundPod(p.key, p.dies) for p in (self._pods_by_node.get(name) or {}).values()]
-        self._views[name] = node_view(node.inventory, pods)
+        self._views[name] = self._interned(node_view(node.inventory, pods))
+
+    def _interned(self, view: NodeView) -> NodeView:
+        """The view with its vector shared by every node that has an equal one: per-request dict
+        lookups then match by identity. Rebuilt from the live views when it outgrows them."""
+        if len(self._vectors) > 2 * len(self._views) + 1024:
+            self._vectors = {}
+            for other in self._views.values():
+                if isinstance(other, NodeView):
+                    self._vectors.setdefault(other.vector, other.vector)
+        vector = self._vectors.setdefault(view.vector, view.vector)
+        return view if vector is view.vector else replace(view, vector=vector)
 
     def _changed(self) -> None:
         if self.on_change is not None:

@@ -24,7 +24,16 @@ from typing import Any, Final
 
 from k80s.core.annotations import ESTIMATE, MODEL, OPTIONS
 from k80s.core.errors import InvalidInput, InvalidSpec
-from k80s.core.fit import FitRequest, NodeFit, NodeView, fit_nodes, rank_order, request_for_pod, score_nodes
+from k80s.core.fit import (
+    Decision,
+    FitRequest,
+    NodeView,
+    decide_nodes,
+    decision_order,
+    reasons_for,
+    request_for_pod,
+    score_decisions,
+)
 from k80s.extender.cache import ClusterCache, NodeProblem
 from k80s.extender.wire import ExtenderArgs, PodInfo, node_name, pod_info
 
@@ -156,40 +165,53 @@ class Extender:
         request = self._request_or_refuse(args, out)
         if request is None:
             return out
-        views, fits = self._fits(args, request, out)
+        views, decisions = self._decide(args, request, out)
+        reasons = reasons_for(request, views, decisions)
+        passed = out.passed
         for name in names:
-            fit = fits.get(name)
-            if fit is None:
-                continue  # failed already (unknown node, node problem)
-            out.results[fit.refusal.value] += 1
-            if fit.fits:
-                out.passed.append(name)
-            elif fit.unresolvable:
-                out.unresolvable[name] = fit.reason
+            d = decisions.get(name)
+            if d is None:
+                continue  # refused already (unknown node, node problem)
+            if d.fits:
+                passed.append(name)
+            elif d.unresolvable:
+                out.unresolvable[name] = reasons[name]
             else:
-                out.failed[name] = fit.reason
+                out.failed[name] = reasons[name]
+        self._count(decisions, out)
         return out
 
     def prioritize(self, args: ExtenderArgs) -> Outcome:
         out = Outcome()
         names = args.names
-        out.scores = {name: 0 for name in names}
+        out.scores = dict.fromkeys(names, 0)
         if not self.cache.synced:
             out.error = NOT_SYNCED
             out.results["not-synced"] = len(names)
             return out
         request = self._request_or_refuse(args, out)
         if request is None:
-            out.scores = {name: 0 for name in names}
             return out
-        _, fits = self._fits(args, request, out)
-        for fit in fits.values():
-            out.results[fit.refusal.value] += 1
-        out.scores.update(score_nodes(fits))
-        out.passed = rank_order(fits)
+        _, decisions = self._decide(args, request, out)
+        self._count(decisions, out)
+        out.scores.update(score_decisions(decisions))
+        out.passed = decision_order(decisions)
         return out
 
     # -- helpers -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _count(decisions: Mapping[str, Decision], out: Outcome) -> None:
+        """Results by refusal kind; decisions are shared objects, so count by identity first."""
+        per_object: dict[int, list[Any]] = {}
+        for d in decisions.values():
+            entry = per_object.get(id(d))
+            if entry is None:
+                per_object[id(d)] = [d, 1]
+            else:
+                entry[1] += 1
+        for d, count in per_object.values():
+            out.results[d.refusal.value] += count
 
     def _request_or_refuse(self, args: ExtenderArgs, out: Outcome) -> FitRequest | None:
         try:
@@ -198,28 +220,30 @@ class Extender:
             request = self.fit_request(info)
         except InvalidInput as exc:
             reason = invalid_pod_reason(exc)
-            out.unresolvable = {name: reason for name in args.names}
+            out.unresolvable = dict.fromkeys(args.names, reason)
             out.results["invalid-pod"] = len(out.unresolvable)
-            out.error = ""
             return None
         out.model = request.model_name
         return request
 
-    def _fits(self, args: ExtenderArgs, request: FitRequest, out: Outcome) -> tuple[dict[str, NodeView], dict[str, NodeFit]]:
+    def _decide(self, args: ExtenderArgs, request: FitRequest,
+                out: Outcome) -> tuple[dict[str, NodeView], dict[str, Decision]]:
+        """Views of the candidate nodes (refusing unknown and unusable ones) and their decisions."""
         views: dict[str, NodeView] = {}
         if args.nodes is not None:
-            candidates: Mapping[str, NodeView | NodeProblem | None] = {
-                node_name(n): self.cache.view_for_node_object(n) for n in args.nodes}
+            candidates: list[tuple[str, NodeView | NodeProblem | None]] = [
+                (node_name(n), self.cache.view_for_node_object(n)) for n in args.nodes]
         else:
-            lookup = self.cache.view
-            candidates = {name: lookup(name) for name in args.names}
-        for name, view in candidates.items():
-            if view is None:
+            lookup = self.cache.lookup
+            candidates = [(name, lookup(name)) for name in args.names]
+        for name, view in candidates:
+            if type(view) is NodeView:
+                views[name] = view
+            elif view is None:
                 out.failed[name] = UNKNOWN_NODE
                 out.results["unknown-node"] += 1
-            elif isinstance(view, NodeProblem):
+            else:
+                assert isinstance(view, NodeProblem)
                 out.failed[name] = view.reason
                 out.results["node-problem"] += 1
-            else:
-                views[name] = view
-        return views, fit_nodes(request, views, self.memo)
+        return views, decide_nodes(request, views, self.memo)

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import IO, Any, Final, TextIO
 
 from k80s.core.errors import K80sError
 
@@ -488,7 +488,7 @@ class _NoMatch:
 _NOMATCH = _NoMatch()
 
 
-def _pump(stream: TextIO, log: TextIO, lines: list[str]) -> None:
+def _pump(stream: IO[str], log: IO[str], lines: list[str]) -> None:
     for line in stream:
         log.write(line)
         lines.append(line)

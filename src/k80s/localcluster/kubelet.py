@@ -218,7 +218,7 @@ class SimulatedKubelet:
 
     def _relist(self) -> str:
         """List the node's pods, handle each (oldest first), forget pods that disappeared."""
-        response = self._core.list_pod_for_all_namespaces(field_selector=self._field_selector(), _preload_content=False)
+        response: Any = self._core.list_pod_for_all_namespaces(field_selector=self._field_selector(), _preload_content=False)
         listed = json.loads(response.data)
         items = sorted(
             listed.get("items") or [],
@@ -237,7 +237,7 @@ class SimulatedKubelet:
     def _watch(self, resource_version: str) -> str:
         """Follow the watch until the server closes it; returns the last resourceVersion seen."""
         try:
-            response = self._core.list_pod_for_all_namespaces(
+            response: Any = self._core.list_pod_for_all_namespaces(
                 field_selector=self._field_selector(),
                 watch=True,
                 resource_version=resource_version,

@@ -126,7 +126,7 @@ def register_node(core: kubernetes.client.CoreV1Api, manifest: Mapping[str, Any]
     """Create the Node; if it exists, update its labels, annotations and status to the manifest's."""
     name = manifest["metadata"]["name"]
     try:
-        core.create_node(manifest)
+        core.create_node(dict(manifest))  # type: ignore[arg-type]  # the client sends dicts as JSON
         return
     except ApiException as exc:
         if exc.status != 409:

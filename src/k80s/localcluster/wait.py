@@ -125,7 +125,7 @@ def pod_scheduled(api: kubernetes.client.ApiClient, namespace: str, name: str, t
     """The pod once it is bound to a node (`spec.nodeName` set)."""
 
     def check() -> Any:
-        pod = _core(api).read_namespaced_pod(name, namespace)
+        pod: Any = _core(api).read_namespaced_pod(name, namespace)
         return pod if pod.spec.node_name else None
 
     return wait_for(check, what=f"pod {namespace}/{name} to be bound to a node", timeout_s=timeout_s,
@@ -138,7 +138,7 @@ def pod_phase(
     """The pod once `status.phase == phase` (e.g. Running, Failed)."""
 
     def check() -> Any:
-        pod = _core(api).read_namespaced_pod(name, namespace)
+        pod: Any = _core(api).read_namespaced_pod(name, namespace)
         return pod if pod.status.phase == phase else None
 
     return wait_for(check, what=f"pod {namespace}/{name} to reach phase {phase}", timeout_s=timeout_s,
@@ -149,7 +149,7 @@ def pod_running_ready(api: kubernetes.client.ApiClient, namespace: str, name: st
     """The pod once it is Running with condition Ready=True."""
 
     def check() -> Any:
-        pod = _core(api).read_namespaced_pod(name, namespace)
+        pod: Any = _core(api).read_namespaced_pod(name, namespace)
         ready = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
         return pod if pod.status.phase == "Running" and ready else None
 
@@ -161,7 +161,7 @@ def pod_unschedulable(api: kubernetes.client.ApiClient, namespace: str, name: st
     """The pod once the scheduler reported `PodScheduled=False` with reason `Unschedulable`."""
 
     def check() -> Any:
-        pod = _core(api).read_namespaced_pod(name, namespace)
+        pod: Any = _core(api).read_namespaced_pod(name, namespace)
         for cond in pod.status.conditions or []:
             if cond.type == "PodScheduled" and cond.status == "False" and cond.reason == "Unschedulable":
                 return pod
@@ -194,7 +194,7 @@ def deployment_available(
     apps = kubernetes.client.AppsV1Api(api)
 
     def check() -> Any:
-        dep = apps.read_namespaced_deployment(name, namespace)
+        dep: Any = apps.read_namespaced_deployment(name, namespace)
         desired = dep.spec.replicas if dep.spec.replicas is not None else 1
         available = any(c.type == "Available" and c.status == "True" for c in dep.status.conditions or [])
         return dep if available and (dep.status.available_replicas or 0) >= desired else None
@@ -210,7 +210,8 @@ def crd_established(api: kubernetes.client.ApiClient, name: str, timeout_s: floa
     ext = kubernetes.client.ApiextensionsV1Api(api)
 
     def conditions() -> list[Any]:
-        return list(ext.read_custom_resource_definition(name).status.conditions or [])
+        crd: Any = ext.read_custom_resource_definition(name)
+        return list(crd.status.conditions or [])
 
     def check() -> Any:
         return any(c.type == "Established" and c.status == "True" for c in conditions())
@@ -233,7 +234,7 @@ def namespace_gone(api: kubernetes.client.ApiClient, name: str, timeout_s: float
         return False
 
     def state() -> str:
-        ns = _core(api).read_namespace(name)
+        ns: Any = _core(api).read_namespace(name)
         conds = ", ".join(f"{c.type}={c.status}: {c.message}" for c in ns.status.conditions or [])
         return f"namespace {name} phase={ns.status.phase} {conds}"
 

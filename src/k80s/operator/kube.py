@@ -101,7 +101,7 @@ def apply(api: kubernetes.client.ApiClient, manifest: Mapping[str, Any]) -> Mapp
             meta["name"], meta["namespace"], body, **common)
     else:
         raise ValueError(f"cannot apply a {kind}")
-    return json.loads(response.data)  # type: ignore[attr-defined,no-any-return]
+    return json.loads(response.data)  # type: ignore[no-any-return]
 
 
 def patch_status(api: kubernetes.client.ApiClient, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
