@@ -105,6 +105,8 @@ def test_error_result_has_no_nodes() -> None:
 def test_host_priority_list_uses_go_field_names() -> None:
     assert host_priorities({"k80-a": 10, "k80-b": 9}) == example("prioritize-response.json")
     assert wire.decode_priorities([{"host": "x", "score": 3}]) == {"x": 3}
+    odd = [("k80-a", 10), ('we"ird\\name\u00e9\n', 0)]
+    assert json.loads(wire.encode_host_priorities(odd)) == host_priorities(odd) == json.loads(wire.encode(host_priorities(odd)))
 
 
 def test_recorded_answers_decode() -> None:

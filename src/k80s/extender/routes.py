@@ -87,7 +87,8 @@ class Verbs:
             outcome = Outcome(error=f"extender internal error: {type(exc).__name__}: {exc}",
                               scores={name: 0 for name in args.names})
             outcome.results["error"] = len(args.names)
-        return 200, wire.encode(wire.host_priorities([(n, outcome.scores.get(n, 0)) for n in args.names])), outcome
+        scores = outcome.scores
+        return 200, wire.encode_host_priorities([(n, scores.get(n, 0)) for n in args.names]), outcome
 
     # -- aiohttp side -----------------------------------------------------------------------------
 
