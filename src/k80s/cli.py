@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -14,7 +15,7 @@ from rich.table import Table
 from k80s import __version__, catalogue
 from k80s.core.errors import InvalidSpec, K80sError
 from k80s.core.estimate import DieCapacity, Estimate
-from k80s.core.inventory import CONTEXT_RESERVE_MIB, IDLE_USED_MIB, K80_TOTAL_MIB
+from k80s.core.inventory import CONTEXT_RESERVE_MIB, IDLE_USED_MIB, K80_TOTAL_MIB, parse_node_shape
 from k80s.core.options import KV_CACHE_TYPES, EstimateOptions
 from k80s.core.policies import ALIASES, POLICIES
 from k80s.core.selection import idle_dies, select_dies
@@ -220,6 +221,122 @@ def _short(value: Any) -> str:
     if isinstance(value, Sequence) and not isinstance(value, str):
         return ", ".join(str(v) for v in value)
     return str(value)
+
+
+@main.command()
+@click.option("-f", "--filename", "files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="ModelDeployment manifests (repeatable; other kinds are skipped).")
+@click.option("--cluster", "cluster_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A YAML description of the nodes instead of the live cluster.")
+@click.option("--kubeconfig", type=click.Path(dir_okay=False), default=None,
+              help="Kubeconfig of the live cluster (default: $KUBECONFIG or ~/.kube/config).")
+@click.option("--from-cluster", is_flag=True, help="Also plan the ModelDeployments in the cluster (missing replicas).")
+@click.option("--node-shape", default=None, help="Report how many more nodes of this shape (e.g. 4xK80) place everything.")
+@click.option("--max-nodes", type=click.IntRange(0), default=64, show_default=True, help="Most extra nodes to try.")
+@click.option("--registry-url", default=None, help="Ollama registry base URL for models not in the catalogue.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan(
+    files: tuple[Path, ...],
+    cluster_file: Path | None,
+    kubeconfig: str | None,
+    from_cluster: bool,
+    node_shape: str | None,
+    max_nodes: int,
+    registry_url: str | None,
+    as_json: bool,
+) -> None:
+    """Where each replica of the ModelDeployments would go, what does not fit and why.
+
+    Uses the operator's plan for each ModelDeployment and the scheduler extender's fit rule and
+    ranking, replica by replica. Nodes come from --cluster FILE or the live cluster.
+    """
+    from k80s import planner
+    from k80s.operator.resolve import Resolver
+    from k80s.operator.settings import OperatorSettings
+
+    if node_shape is not None:
+        parse_node_shape(node_shape)
+    if cluster_file is not None and from_cluster:
+        raise click.UsageError("--from-cluster reads the live cluster; it cannot go with --cluster")
+    settings = OperatorSettings()
+    resolver = Resolver(registry_url=registry_url or settings.registry_url)
+    running: dict[str, list[tuple[str, str]]] = {}
+    deployments = planner.deployments_from_files(list(files))
+    if cluster_file is not None:
+        nodes = planner.nodes_from_file(cluster_file)
+    else:
+        core, custom = _kube_clients(kubeconfig)
+        nodes, running = planner.nodes_from_api(core)
+        if from_cluster:
+            deployments += planner.deployments_from_api(custom)
+    if not deployments:
+        raise click.UsageError("no ModelDeployments to plan: give -f FILE or --from-cluster")
+    workloads = planner.build_workloads(deployments, running, settings, resolver)
+    report = planner.make_report(workloads, nodes, node_shape, max_nodes)
+    if as_json:
+        click.echo(planner.report_json(report))
+    else:
+        render_plan(console(), report)
+
+
+def _kube_clients(kubeconfig: str | None) -> tuple[Any, Any]:
+    from kubernetes import client, config
+
+    try:
+        config.load_kube_config(config_file=kubeconfig)
+    except Exception as exc:  # the client raises several unrelated types for a missing/bad file
+        raise InvalidSpec("--kubeconfig", f"cannot load a kubeconfig ({exc})") from None
+    api = client.ApiClient()
+    return client.CoreV1Api(api), client.CustomObjectsApi(api)
+
+
+def render_plan(out: Console, report: Any) -> None:
+    from k80s.operator.plan import smallest_fit
+
+    table = Table(title="placements", title_justify="left")
+    for col in ("modeldeployment", "replica", "node", "shape", "dies", "split", "per-die GiB"):
+        table.add_column(col)
+    for w in report.workloads:
+        for pod, node in w.running:
+            table.add_row(w.key, pod, node, report.shapes.get(node, ""), "(running)", "", "")
+    for p in report.result.placed:
+        est = p.estimate
+        table.add_row(
+            p.replica.workload, str(p.replica.index), p.node, report.shapes.get(p.node, ""),
+            ",".join(str(d.index) for d in p.dies),
+            ",".join(map(str, est.tensor_split)) if est else "",
+            " ".join(f"{b / 2**30:.2f}" for b in est.per_die_bytes) if est else "",
+        )
+    out.print(table)
+    for w in report.workloads:
+        if w.error:
+            out.print(f"[red]{w.key}: cannot plan: {w.error}[/]")
+        elif w.plan is not None and not w.plan.fits:
+            e, n = w.plan.estimate, w.plan.max_dies
+            wider = smallest_fit(w.plan, 64)
+            hint = f"; it needs {wider} dies (raise spec.maxDies)" if wider else "; no die count up to 64 holds it"
+            out.print(f"[red]{w.key}: does not fit {n} idle {'die' if n == 1 else 'dies'} (spec.maxDies {n}): "
+                      f"{e.layers_offloaded} of {e.layers_total} layers{hint}; no node can take it[/]")
+    for r in report.result.refused:
+        reasons: dict[str, list[str]] = {}
+        for node, why in r.reasons.items():
+            reasons.setdefault(why, []).append(node)
+        out.print(f"[yellow]{r.replica.workload} replica {r.replica.index} not placed"
+                  f"{' (no node could ever hold it)' if r.unresolvable else ''}:[/]")
+        for why, nodes in sorted(reasons.items(), key=lambda kv: -len(kv[1])):
+            out.print(f"  {len(nodes)} node{'s' if len(nodes) != 1 else ''} ({', '.join(nodes[:3])}"
+                      f"{', …' if len(nodes) > 3 else ''}): {why}")
+    if report.node_shape is not None:
+        if report.extra_nodes is None:
+            out.print(f"[red]even {report.max_nodes} more {report.node_shape} nodes would not place every replica[/]")
+        elif report.extra_nodes == 0:
+            which = "every placeable replica" if not report.all_placed else "every replica"
+            out.print(f"{which} fits the cluster as it is; no more {report.node_shape} nodes needed")
+        else:
+            out.print(f"{report.extra_nodes} more {report.node_shape} node{'s' if report.extra_nodes != 1 else ''} "
+                      "would place every replica")
+    elif report.all_placed:
+        out.print("[green]every replica is placed[/]")
 
 
 main.add_command(cluster)

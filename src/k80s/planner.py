@@ -1,0 +1,286 @@
+"""`k80s plan`: where the replicas of ModelDeployments would go, what does not fit and why, and
+how many more nodes of a shape would place everything (design.md, Capacity planning).
+
+It uses exactly what the cluster uses: the operator's plan for each ModelDeployment (model
+resolution, options, the estimate on the fewest idle dies) and the extender's fit rule and
+ranking (`k80s.core.packing.K80sPlacer` over `k80s.core.fit`), with dies chosen by
+`preferred_dies`. Replicas are placed in order, each seeing the dies earlier ones took.
+
+Cluster input: the live API server (Node `k80s.io/dies` inventories and the pods bound to them),
+or a YAML file:
+
+    nodes:
+      - {shape: 4xK80, count: 3, name: gpu}                  # gpu-0, gpu-1, gpu-2, idle dies
+      - {shape: 2xK80, name: old, freeMiB: [11366, 4000, 11366, 11366], unhealthy: [2]}
+
+ModelDeployments: manifest files (any number of YAML documents; other kinds are skipped) and/or
+those in the cluster. For ModelDeployments read from the cluster, replicas already bound count
+as running and only the missing ones are planned.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from k80s.core.annotations import MODEL_DEPLOYMENT_LABEL, ModelRef, PodPlan
+from k80s.core.errors import InvalidSpec, K80sError
+from k80s.core.fit import FitRequest
+from k80s.core.inventory import DieInfo, NodeInventory, parse_node_shape, simulated_dies
+from k80s.core.packing import K80sPlacer, PackResult, Placed, Refused, Replica, SimNode, empty_nodes, pack
+from k80s.core.placement import BoundPod, taken_dies
+from k80s.localcluster.devicemanager import DIE_RESOURCE, pod_die_request
+from k80s.operator.plan import Plan, make_plan
+from k80s.operator.resolve import Resolver
+from k80s.operator.settings import OperatorSettings
+from k80s.operator.spec import parse_spec
+
+GROUP, VERSION, PLURAL = "k80s.io", "v1alpha1", "modeldeployments"
+PENDING = "(bound, not yet allocated)"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One ModelDeployment as the planner sees it."""
+
+    key: str  # namespace/name
+    plan: Plan | None  # None when the model could not be resolved or planned
+    to_place: int
+    running: tuple[tuple[str, str], ...] = ()  # (pod, node) already bound
+    error: str = ""
+
+    def replicas(self) -> list[Replica]:
+        if self.plan is None or not self.plan.fits:
+            return []
+        p = self.plan
+        request = FitRequest(
+            dies=p.dies,
+            plan=PodPlan(ModelRef(p.model.name, p.model.digest, p.model.profile), p.options, p.runtime),
+            plan_free_mib=p.plan_free_mib,
+        )
+        first = len(self.running)
+        return [Replica(self.key, first + i, request) for i in range(self.to_place)]
+
+
+@dataclass(frozen=True)
+class PlanReport:
+    workloads: tuple[Workload, ...]
+    result: PackResult
+    node_shape: str | None = None
+    extra_nodes: int | None = None  # nodes of node_shape that place everything; None = not within max
+    max_nodes: int = 0
+    shapes: Mapping[str, str] = field(default_factory=dict)  # node → <boards>xK80
+
+    @property
+    def all_placed(self) -> bool:
+        return self.result.all_placed and all(w.plan is not None and w.plan.fits for w in self.workloads)
+
+
+# -- cluster input ----------------------------------------------------------------------------------
+
+
+def nodes_from_file(path: Path) -> list[SimNode]:
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise InvalidSpec(str(path), f"cannot read the cluster file ({exc})") from None
+    entries = doc.get("nodes") if isinstance(doc, Mapping) else None
+    if not isinstance(entries, list) or not entries:
+        raise InvalidSpec(f"{path}: nodes", "expected a non-empty list of {shape, count, name, freeMiB, unhealthy}")
+    nodes: list[SimNode] = []
+    for i, entry in enumerate(entries):
+        where = f"{path}: nodes[{i}]"
+        if not isinstance(entry, Mapping) or "shape" not in entry:
+            raise InvalidSpec(where, "needs a shape, e.g. {shape: 4xK80, count: 2}")
+        boards = parse_node_shape(str(entry["shape"]))
+        count = entry.get("count", 1)
+        if not isinstance(count, int) or count < 1:
+            raise InvalidSpec(f"{where}.count", f"{count!r} must be a positive integer")
+        base = str(entry.get("name") or f"node{i}")
+        names = [base] if count == 1 else [f"{base}-{k}" for k in range(count)]
+        for name in names:
+            nodes.append(SimNode(name, _shaped_dies(name, boards, entry, where)))
+    duplicates = {n.name for n in nodes if sum(m.name == n.name for m in nodes) > 1}
+    if duplicates:
+        raise InvalidSpec(str(path), f"node names repeat: {', '.join(sorted(duplicates))}")
+    return nodes
+
+
+def _shaped_dies(name: str, boards: int, entry: Mapping[str, Any], where: str) -> tuple[DieInfo, ...]:
+    dies = list(simulated_dies(name, boards))
+    free = entry.get("freeMiB")
+    if free is not None:
+        if not isinstance(free, list) or len(free) != len(dies) or not all(isinstance(f, int) and f >= 0 for f in free):
+            raise InvalidSpec(f"{where}.freeMiB", f"expected {len(dies)} non-negative MiB values, one per die")
+        dies = [replace(d, free_mib=f, nvml_free_mib=min(d.total_mib, f + 68)) for d, f in zip(dies, free, strict=True)]
+    for index in entry.get("unhealthy") or []:
+        if not isinstance(index, int) or not 0 <= index < len(dies):
+            raise InvalidSpec(f"{where}.unhealthy", f"{index!r} is not a die index of a {boards}xK80 node")
+        dies[index] = replace(dies[index], health="Unhealthy")
+    return tuple(dies)
+
+
+def nodes_from_api(core_api: Any) -> tuple[list[SimNode], dict[str, list[tuple[str, str]]]]:
+    """K80 nodes (those with a `k80s.io/dies` inventory) with their dies in use, and the bound pods
+    of each ModelDeployment (namespace/name → [(pod, node)])."""
+    nodes: list[SimNode] = []
+    inventories: dict[str, NodeInventory] = {}
+    for node in core_api.list_node().items:
+        text = (node.metadata.annotations or {}).get("k80s.io/dies")
+        if text:
+            inventories[node.metadata.name] = NodeInventory.from_json(text, f"node {node.metadata.name}: k80s.io/dies")
+    bound: dict[str, list[BoundPod]] = {name: [] for name in inventories}
+    running: dict[str, list[tuple[str, str]]] = {}
+    for pod in core_api.list_pod_for_all_namespaces().items:
+        node_name = pod.spec.node_name
+        if not node_name or pod.status.phase in ("Succeeded", "Failed"):
+            continue
+        key = f"{pod.metadata.namespace}/{pod.metadata.name}"
+        owner = (pod.metadata.labels or {}).get(MODEL_DEPLOYMENT_LABEL)
+        if owner and pod.metadata.deletion_timestamp is None:
+            running.setdefault(f"{pod.metadata.namespace}/{owner}", []).append((pod.metadata.name, node_name))
+        if node_name in bound:
+            dies = _pod_dies(pod)
+            if dies:
+                bound[node_name].append(BoundPod(key, dies))
+    for name, inv in inventories.items():
+        taken = taken_dies(inv.dies, bound[name])
+        dies = tuple(d if d.uuid not in taken or d.allocated_to else replace(d, allocated_to=PENDING) for d in inv.dies)
+        nodes.append(SimNode(name, dies))
+    return nodes, running
+
+
+def _pod_dies(pod: Any) -> int:
+    def count(containers: Iterable[Any] | None) -> list[int]:
+        out = []
+        for c in containers or []:
+            res = c.resources
+            value = ((res.limits or {}) if res else {}).get(DIE_RESOURCE) or ((res.requests or {}) if res else {}).get(DIE_RESOURCE)
+            out.append(int(value or 0))
+        return out
+
+    return pod_die_request({"spec": {
+        "containers": [{"resources": {"limits": {DIE_RESOURCE: n}}} for n in count(pod.spec.containers)],
+        "initContainers": [{"resources": {"limits": {DIE_RESOURCE: n}}} for n in count(pod.spec.init_containers)],
+    }})
+
+
+# -- ModelDeployments ---------------------------------------------------------------------------------
+
+
+def deployments_from_files(paths: Sequence[Path]) -> list[tuple[str, Mapping[str, Any]]]:
+    """(namespace/name, spec) of every ModelDeployment document in the files."""
+    out: list[tuple[str, Mapping[str, Any]]] = []
+    for path in paths:
+        try:
+            docs = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+        except (OSError, yaml.YAMLError) as exc:
+            raise InvalidSpec(str(path), f"cannot read the manifest ({exc})") from None
+        for doc in docs:
+            if not isinstance(doc, Mapping) or doc.get("kind") != "ModelDeployment":
+                continue
+            meta = doc.get("metadata") or {}
+            if not meta.get("name"):
+                raise InvalidSpec(f"{path}", "a ModelDeployment without metadata.name")
+            out.append((f"{meta.get('namespace') or 'default'}/{meta['name']}", doc.get("spec") or {}))
+    return out
+
+
+def deployments_from_api(custom_api: Any) -> list[tuple[str, Mapping[str, Any]]]:
+    items = custom_api.list_cluster_custom_object(GROUP, VERSION, PLURAL).get("items", [])
+    return [(f"{i['metadata']['namespace']}/{i['metadata']['name']}", i.get("spec") or {}) for i in items]
+
+
+def build_workloads(
+    deployments: Sequence[tuple[str, Mapping[str, Any]]],
+    running: Mapping[str, Sequence[tuple[str, str]]],
+    settings: OperatorSettings,
+    resolver: Resolver,
+) -> list[Workload]:
+    out = []
+    for key, raw in deployments:
+        bound = tuple(running.get(key, ()))
+        try:
+            spec = parse_spec(raw)
+            model = resolver.resolve(spec.model)
+            plan = make_plan(spec, model, default_image=_default_image(settings, spec.runtime_kind),
+                             default_free_mib=settings.die_free_mib, extra_policy_rules=settings.runtime_policies)
+        except K80sError as exc:
+            out.append(Workload(key, None, 0, bound, error=str(exc)))
+            continue
+        out.append(Workload(key, plan, max(0, spec.replicas - len(bound)), bound))
+    return out
+
+
+def _default_image(settings: OperatorSettings, kind: str) -> str:
+    return settings.ollama_image if kind == "ollama" else settings.llamacpp_image
+
+
+# -- planning -------------------------------------------------------------------------------------
+
+
+def make_report(
+    workloads: Sequence[Workload], nodes: Sequence[SimNode], node_shape: str | None = None, max_nodes: int = 0
+) -> PlanReport:
+    replicas = [r for w in workloads for r in w.replicas()]
+    result = pack(replicas, nodes, K80sPlacer())
+    shapes = {n.name: f"{len({d.board for d in n.dies})}xK80" for n in nodes}
+    extra: int | None = None
+    if node_shape is not None:
+        boards = parse_node_shape(node_shape)
+        extra = None
+        for k in range(0, max_nodes + 1):
+            grown = list(nodes) + empty_nodes(k, boards, prefix=f"new-{node_shape}")
+            if pack(replicas, grown, K80sPlacer()).all_placed:
+                extra = k
+                break
+    return PlanReport(tuple(workloads), result, node_shape, extra, max_nodes, shapes)
+
+
+def report_dict(report: PlanReport) -> dict[str, Any]:
+    def placed(p: Placed) -> dict[str, Any]:
+        est = p.estimate
+        return {
+            "modelDeployment": p.replica.workload,
+            "replica": p.replica.index,
+            "node": p.node,
+            "nodeShape": report.shapes.get(p.node),
+            "dies": [d.uuid for d in p.dies],
+            "dieIndices": [d.index for d in p.dies],
+            "tensorSplit": list(est.tensor_split) if est else [],
+            "perDieMiB": [round(b / 2**20, 1) for b in est.per_die_bytes] if est else [],
+        }
+
+    def refused(r: Refused) -> dict[str, Any]:
+        return {"modelDeployment": r.replica.workload, "replica": r.replica.index, "unresolvable": r.unresolvable,
+                "reasons": dict(r.reasons)}
+
+    return {
+        "placements": [placed(p) for p in report.result.placed],
+        "unplaced": [refused(r) for r in report.result.refused],
+        "modelDeployments": [
+            {
+                "name": w.key,
+                "error": w.error or None,
+                "fits": bool(w.plan and w.plan.fits),
+                "diesPerReplica": w.plan.dies if w.plan else None,
+                "estimate": w.plan.estimate_status() if w.plan else None,
+                "running": [{"pod": pod, "node": node} for pod, node in w.running],
+                "toPlace": w.to_place,
+            }
+            for w in report.workloads
+        ],
+        "scaleUp": None if report.node_shape is None else {
+            "nodeShape": report.node_shape, "maxNodes": report.max_nodes, "nodes": report.extra_nodes,
+        },
+        "allPlaced": report.all_placed,
+    }
+
+
+def report_json(report: PlanReport) -> str:
+    return json.dumps(report_dict(report), indent=2)

@@ -1,0 +1,110 @@
+"""`k80s plan` on YAML cluster descriptions (the live-cluster path is tested end to end)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from k80s.cli import main
+
+CLUSTER = """
+nodes:
+  - {shape: 2xK80, count: 2, name: gpu}
+  - {shape: 1xK80, name: small, freeMiB: [11366, 3000]}
+"""
+
+
+def md(name: str, model: str, replicas: int, *, ctx: int = 4096, max_dies: int = 8, namespace: str = "default") -> str:
+    return (
+        f"apiVersion: k80s.io/v1alpha1\nkind: ModelDeployment\nmetadata: {{name: {name}, namespace: {namespace}}}\n"
+        f"spec:\n  model: {{name: \"{model}\"}}\n  runtime: {{kind: llamacpp}}\n  replicas: {replicas}\n"
+        f"  maxDies: {max_dies}\n  options: {{numCtx: {ctx}}}\n"
+    )
+
+
+def run_plan(tmp_path: Path, manifests: str, *args: str, cluster: str = CLUSTER) -> tuple[int, Any, str]:
+    (tmp_path / "cluster.yaml").write_text(cluster)
+    (tmp_path / "mds.yaml").write_text(manifests)
+    result = CliRunner().invoke(
+        main, ["plan", "-f", str(tmp_path / "mds.yaml"), "--cluster", str(tmp_path / "cluster.yaml"), "--json", *args]
+    )
+    data = json.loads(result.stdout) if result.exit_code == 0 else None
+    return result.exit_code, data, result.stderr
+
+
+def test_two_die_replicas_take_whole_boards_and_small_models_fill_the_rest(tmp_path: Path) -> None:
+    code, plan, _ = run_plan(tmp_path, md("g12", "gemma3:12b", 3) + "---\n" + md("g4", "gemma3:4b", 2, namespace="t"))
+    assert code == 0 and plan["allPlaced"]
+    got = [(p["modelDeployment"], p["node"], p["dieIndices"], p["tensorSplit"]) for p in plan["placements"]]
+    assert got == [
+        ("default/g12", "gpu-0", [0, 1], [1, 48]),
+        ("default/g12", "gpu-0", [2, 3], [1, 48]),
+        ("default/g12", "gpu-1", [0, 1], [1, 48]),
+        ("t/g4", "gpu-1", [2], [35]),
+        ("t/g4", "gpu-1", [3], [35]),
+    ]
+
+
+def test_unplaced_replicas_carry_the_reasons_and_scale_up_counts_nodes(tmp_path: Path) -> None:
+    code, plan, _ = run_plan(tmp_path, md("g12", "gemma3:12b", 6), "--node-shape", "4xK80", "--max-nodes", "5")
+    assert code == 0 and not plan["allPlaced"]
+    assert len(plan["placements"]) == 4 and len(plan["unplaced"]) == 2
+    reasons = plan["unplaced"][0]["reasons"]
+    assert reasons["small"] == (
+        "needs one die with > 8.6 GiB and one with > 3.3 GiB free; the dies it would get (0, 1) have 11.0, 2.9 GiB free"
+    )
+    assert plan["scaleUp"] == {"nodeShape": "4xK80", "maxNodes": 5, "nodes": 1}
+
+
+def test_a_model_that_fits_no_allowed_die_count_is_reported(tmp_path: Path) -> None:
+    code, plan, _ = run_plan(tmp_path, md("huge", "deepseek-r1:32b", 1, max_dies=1))
+    assert code == 0 and not plan["allPlaced"] and plan["placements"] == []
+    (entry,) = plan["modelDeployments"]
+    assert entry["fits"] is False and entry["estimate"]["layersOffloaded"] < entry["estimate"]["layersTotal"]
+
+
+def test_scale_up_beyond_max_nodes_is_null(tmp_path: Path) -> None:
+    code, plan, _ = run_plan(tmp_path, md("g12", "gemma3:12b", 20), "--node-shape", "2xK80", "--max-nodes", "2")
+    assert code == 0 and plan["scaleUp"]["nodes"] is None
+
+
+@pytest.mark.parametrize(
+    ("cluster", "message"),
+    [
+        ("nodes: []", "non-empty list"),
+        ("nodes: [{shape: 4xA100}]", "<boards>xK80"),
+        ("nodes: [{shape: 1xK80, freeMiB: [1]}]", "freeMiB: expected 2 non-negative MiB values"),
+        ("nodes: [{shape: 1xK80, unhealthy: [5]}]", "not a die index"),
+        ("nodes: [{shape: 1xK80, name: a}, {shape: 1xK80, name: a}]", "node names repeat"),
+    ],
+)
+def test_bad_cluster_files_are_one_clear_line(tmp_path: Path, cluster: str, message: str) -> None:
+    code, _, err = run_plan(tmp_path, md("g", "gemma3:4b", 1), cluster=cluster)
+    assert code == 1 and message in err and "Traceback" not in err
+
+
+def test_unknown_model_is_reported_per_deployment(tmp_path: Path) -> None:
+    code, plan, _ = run_plan(tmp_path, md("x", "nosuch:1b", 1), "--registry-url", "http://127.0.0.1:9")
+    assert code == 0
+    (entry,) = plan["modelDeployments"]
+    assert entry["error"] and entry["fits"] is False
+
+
+def test_human_output(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text(CLUSTER)
+    (tmp_path / "m.yaml").write_text(md("g12", "gemma3:12b", 5))
+    result = CliRunner().invoke(main, ["plan", "-f", str(tmp_path / "m.yaml"), "--cluster", str(tmp_path / "c.yaml"),
+                                       "--node-shape", "2xK80"])
+    assert result.exit_code == 0
+    assert "default/g12 replica 4 not placed" in result.stdout
+    assert "1 more 2xK80 node would place every replica" in result.stdout
+
+
+def test_nothing_to_plan_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text(CLUSTER)
+    result = CliRunner().invoke(main, ["plan", "--cluster", str(tmp_path / "c.yaml")])
+    assert result.exit_code == 2 and "no ModelDeployments" in result.stderr
