@@ -67,21 +67,18 @@ class Observation:
     message: str
 
 
-def _model_names(name: str) -> set[str]:
-    """The spellings Ollama may list a model under (`library/` and the default tag implied)."""
-    base = name.removeprefix("registry.ollama.ai/").removeprefix("library/")
-    names = {name, base}
-    if ":" not in base.rsplit("/", 1)[-1]:
-        names.add(base + ":latest")
-    return names
+def _canonical(name: object) -> str:
+    """One spelling per model: no `registry.ollama.ai/` or `library/`, tag `latest` when absent."""
+    text = str(name or "").removeprefix("registry.ollama.ai/").removeprefix("library/")
+    return text if ":" in text.rsplit("/", 1)[-1] else f"{text}:latest"
 
 
 def compare_ollama(plan: Plan, pod: str, ps: Mapping[str, Any], tolerance_mib: int) -> Observation:
     """/api/ps's `size_vram` against the plan's VRAM bytes."""
-    wanted = _model_names(plan.model.registry_name or plan.model.name)
+    wanted = _canonical(plan.model.registry_name or plan.model.name)
     entries = ps.get("models") if isinstance(ps, Mapping) else None
     entry = next((m for m in entries or [] if isinstance(m, Mapping)
-                  and ({m.get("name"), m.get("model")} & wanted)), None)
+                  and wanted in (_canonical(m.get("name")), _canonical(m.get("model")))), None)
     if entry is None:
         return Observation(pod, "Unknown", "ModelNotLoaded", f"{pod}: /api/ps does not list {plan.model.name}")
     try:

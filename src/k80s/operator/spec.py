@@ -68,7 +68,12 @@ class ModelDeploymentSpec:
         raw = dict(self.options)
         if raw.get("policy") is None:
             raw["policy"] = runtime_policy or DEFAULT_POLICY
-        options, _ = options_from_dict(raw, "spec.options")
+        try:
+            options, _ = options_from_dict(raw, "spec.options")
+        except InvalidSpec as exc:
+            if exc.path.startswith("spec.options"):
+                raise
+            raise InvalidSpec(f"spec.options.{exc.path}", exc.problem) from None
         return options
 
 
