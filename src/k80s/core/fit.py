@@ -104,7 +104,8 @@ class FitRequest:
             key: tuple[Hashable, ...] = (self.dies,)
         else:
             p = self.plan
-            key = (self.dies, p.model.digest, p.options, p.runtime, self.plan_free_mib)
+            # The options as their canonical JSON: a string caches its hash, a dataclass does not.
+            key = (self.dies, p.model.digest, p.options.to_json(), p.runtime, self.plan_free_mib)
         object.__setattr__(self, "key", key)
 
     @property
@@ -551,48 +552,105 @@ def fit_node(
     return fit_view(request, node_view(inventory, bound_pods), memo)
 
 
-def decide_nodes(request: FitRequest, views: Mapping[str, NodeView], memo: Memo | None = None) -> dict[str, Decision]:
-    """The decision for each node. Nodes with the same free-die vector share one `Decision`
-    object (computed once per call, and looked up in `memo` across calls): the extender's hot path,
-    which needs no per-node `NodeFit`. Reasons come from `reasons_for`, scores from `score_decisions`."""
-    shared: dict[DieVector, Decision] = {}
-    out: dict[str, Decision] = {}
-    for name, view in views.items():
-        vector = view.vector
-        d = shared.get(vector)
-        if d is None:
-            d = shared[vector] = decide(request, vector, memo)
-        out[name] = d
-    return out
+@dataclass(slots=True)
+class VectorGroup:
+    """Nodes that share one free-die vector: one decision, and (for generic views) one reason."""
+
+    vector: DieVector
+    names: list[str] = field(default_factory=list)  # nodes with generic views
+    odd: list[tuple[str, NodeView]] = field(default_factory=list)  # the others: a reason each
+    example: NodeView | None = None  # a generic view of the group, for its shared reason
+    decision: Decision | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.names) + len(self.odd)
+
+    def all_names(self) -> list[str]:
+        return self.names + [name for name, _ in self.odd]
 
 
-def reasons_for(request: FitRequest, views: Mapping[str, NodeView], decisions: Mapping[str, Decision]) -> dict[str, str]:
-    """Refusal reasons of the refused nodes; generic views with the same vector share one text."""
-    shared: dict[DieVector, str] = {}
-    out: dict[str, str] = {}
-    for name, d in decisions.items():
-        if d.fits:
-            continue
-        view = views[name]
+def group_views(views: Iterable[tuple[str, NodeView]]) -> list[VectorGroup]:
+    """Nodes grouped by free-die vector, in order of first appearance.
+
+    Grouped by vector *object* (the extender's cache shares one object per distinct vector), so
+    no per-node hashing of vectors; equal vectors that are distinct objects land in separate
+    groups, which costs only a memo hit, never a different answer.
+    """
+    groups: dict[int, VectorGroup] = {}
+    for name, view in views:
+        group = groups.get(id(view.vector))
+        if group is None:
+            group = groups[id(view.vector)] = VectorGroup(view.vector)
         if view.generic:
-            text = shared.get(view.vector)
-            if text is None:
-                text = shared[view.vector] = reason(d, view, request)
+            group.names.append(name)
+            if group.example is None:
+                group.example = view
         else:
-            text = reason(d, view, request)
-        out[name] = text
+            group.odd.append((name, view))
+    return list(groups.values())
+
+
+def decide_groups(request: FitRequest, groups: Sequence[VectorGroup], memo: Memo | None = None) -> int:
+    """Set each group's decision (one `decide` per distinct vector); returns how many were
+    computed rather than found in `memo`."""
+    computed = 0
+    for group in groups:
+        if memo is None or (request.key, group.vector) not in memo:
+            computed += 1
+        group.decision = decide(request, group.vector, memo)
+    return computed
+
+
+def group_reasons(request: FitRequest, group: VectorGroup, memo: Memo | None = None) -> dict[str, str]:
+    """The refusal reason of every node of a refused group. The generic nodes share one text,
+    memoised like the decision (it depends on the request and the vector only)."""
+    d = group.decision
+    assert d is not None
+    if d.fits:
+        return {}
+    out: dict[str, str] = {}
+    if group.names:
+        assert group.example is not None
+        key = ("reason", request.key, group.vector)
+        text = memo.get(key) if memo is not None else None
+        if text is None:
+            text = reason(d, group.example, request)
+            if memo is not None:
+                memo[key] = text
+        out = dict.fromkeys(group.names, text)
+    for name, view in group.odd:
+        out[name] = reason(d, view, request)
     return out
+
+
+def order_groups(groups: Iterable[VectorGroup]) -> list[str]:
+    """The fitting nodes of decided groups, best first (the total order of the module docstring)."""
+    by_key: dict[tuple[int, int, int, int], list[str]] = {}
+    for group in groups:
+        d = group.decision
+        if d is not None and d.fits and d.rank is not None:
+            by_key.setdefault(d.rank.key, []).extend(group.all_names())
+    order: list[str] = []
+    for key in sorted(by_key):
+        order.extend(sorted(by_key[key]))
+    return order
 
 
 def fit_nodes(request: FitRequest, views: Mapping[str, NodeView], memo: Memo | None = None) -> dict[str, NodeFit]:
     """`fit_view` for many nodes, sharing decisions and reason texts between equal vectors."""
-    decisions = decide_nodes(request, views, memo)
-    texts = reasons_for(request, views, decisions)
-    return {
-        name: NodeFit(d.fits, tuple([views[name].dies[p] for p in d.positions]), texts.get(name, ""),
-                      d.unresolvable, d.estimate, d.rank, d.refusal)
-        for name, d in decisions.items()
-    }
+    groups = group_views(views.items())
+    decide_groups(request, groups, memo)
+    out: dict[str, NodeFit] = {}
+    for group in groups:
+        d = group.decision
+        assert d is not None
+        texts = group_reasons(request, group, memo)
+        for name in group.all_names():
+            dies = views[name].dies
+            out[name] = NodeFit(d.fits, tuple([dies[p] for p in d.positions]), texts.get(name, ""),
+                                d.unresolvable, d.estimate, d.rank, d.refusal)
+    return out
 
 
 # ==================================================================================================
@@ -623,7 +681,8 @@ def score_for_rank(rank: int, count: int) -> int:
     return (MAX_SCORE - 1) - (MAX_SCORE * (rank - 1)) // (count - 1)
 
 
-def _scores(names: Iterable[str], order: Sequence[str]) -> dict[str, int]:
+def scores_from_order(names: Iterable[str], order: Sequence[str]) -> dict[str, int]:
+    """0 for every node of `names`, then 10, 9..0 down `order` (the fitting nodes, best first)."""
     scores = dict.fromkeys(names, 0)
     for r, name in enumerate(order):
         scores[name] = score_for_rank(r, len(order))
@@ -632,14 +691,4 @@ def _scores(names: Iterable[str], order: Sequence[str]) -> dict[str, int]:
 
 def score_nodes(fits: Mapping[str, NodeFit]) -> dict[str, int]:
     """0–10 per node: fitting nodes by rank (module docstring), the others 0."""
-    return _scores(fits, rank_order(fits))
-
-
-def decision_order(decisions: Mapping[str, Decision]) -> list[str]:
-    """`rank_order` over `decide_nodes` results."""
-    return _order((name, d.rank if d.fits else None) for name, d in decisions.items())
-
-
-def score_decisions(decisions: Mapping[str, Decision]) -> dict[str, int]:
-    """`score_nodes` over `decide_nodes` results."""
-    return _scores(decisions, decision_order(decisions))
+    return scores_from_order(fits, rank_order(fits))

@@ -15,10 +15,12 @@ process in tests and benchmarks).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS_S: Final = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 """Up to the scheduler's 2 s httpTimeout and beyond, fine below 20 ms (the p99 target)."""
@@ -32,12 +34,28 @@ def _synced_of(synced: Callable[[], Mapping[str, bool]], kind: str) -> Callable[
     return lambda: 1.0 if synced().get(kind) else 0.0
 
 
+class _MemoCollector(Collector):
+    """Decision memo lookups and misses, read from the memo at scrape time."""
+
+    def __init__(self, lookups: Callable[[], tuple[int, int]]) -> None:
+        self._lookups = lookups
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        total, misses = self._lookups()
+        family = CounterMetricFamily("k80s_extender_memo_lookups", "Decision memo lookups (one per distinct "
+                                     "free-die vector per call)", labels=["outcome"])
+        family.add_metric(["hit"], float(total - misses))
+        family.add_metric(["miss"], float(misses))
+        yield family
+
+
 class ExtenderMetrics:
     def __init__(
         self,
         sizes: Callable[[], Mapping[str, int]],
         synced: Callable[[], Mapping[str, bool]],
         memo_entries: Callable[[], int],
+        memo_lookups: Callable[[], tuple[int, int]] = lambda: (0, 0),
     ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
@@ -49,7 +67,6 @@ class ExtenderMetrics:
                                  registry=r)
         self.relists = Counter("k80s_extender_relists", "Informer lists (initial, after 410 Gone or errors)",
                                ["informer"], registry=r)
-        self.memo_lookups = Counter("k80s_extender_memo_lookups", "Decision memo lookups", ["outcome"], registry=r)
         cache_objects = Gauge("k80s_extender_cache_objects", "Objects in the informer caches", ["kind"], registry=r)
         cache_synced = Gauge("k80s_extender_cache_synced", "1 once the informer's first list is in", ["informer"],
                              registry=r)
@@ -58,6 +75,7 @@ class ExtenderMetrics:
             cache_synced.labels(informer=kind).set_function(_synced_of(synced, kind))
         memo = Gauge("k80s_extender_memo_entries", "Decisions cached by (request, free-die vector)", registry=r)
         memo.set_function(lambda: float(memo_entries()))
+        r.register(_MemoCollector(memo_lookups))
 
     def count_decisions(self, verb: str, results: Mapping[str, int]) -> None:
         for result, n in results.items():

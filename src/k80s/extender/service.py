@@ -25,14 +25,15 @@ from typing import Any, Final
 from k80s.core.annotations import ESTIMATE, MODEL, OPTIONS
 from k80s.core.errors import InvalidInput, InvalidSpec
 from k80s.core.fit import (
-    Decision,
     FitRequest,
     NodeView,
-    decide_nodes,
-    decision_order,
-    reasons_for,
+    VectorGroup,
+    decide_groups,
+    group_reasons,
+    group_views,
+    order_groups,
     request_for_pod,
-    score_decisions,
+    scores_from_order,
 )
 from k80s.extender.cache import ClusterCache, NodeProblem
 from k80s.extender.wire import ExtenderArgs, PodInfo, node_name, pod_info
@@ -43,24 +44,17 @@ ANNOTATIONS: Final = (MODEL, OPTIONS, ESTIMATE)
 
 
 class LruMemo(MutableMapping[Hashable, Any]):
-    """A bounded, thread-safe least-recently-used mapping (the decision memo)."""
+    """A bounded, thread-safe least-recently-used mapping (the decoded-request cache)."""
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max(1, max_entries)
         self._data: OrderedDict[Hashable, Any] = OrderedDict()
         self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
 
     def __getitem__(self, key: Hashable) -> Any:
         with self._lock:
-            try:
-                value = self._data[key]
-            except KeyError:
-                self.misses += 1
-                raise
+            value = self._data[key]
             self._data.move_to_end(key)
-            self.hits += 1
             return value
 
     def __setitem__(self, key: Hashable, value: Any) -> None:
@@ -84,6 +78,51 @@ class LruMemo(MutableMapping[Hashable, Any]):
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
+
+
+class DecisionMemo:
+    """The decision memo: one plain dict per request key (model digest, options, die count,
+    planFreeMiB), least recently used request keys evicted first, `max_entries` decisions in all.
+
+    The core keys each entry by (request key, free-die vector); a request only ever touches its
+    own bucket, so the per-vector lookups of one call are plain dict operations (atomic under the
+    GIL) instead of a locked LRU. `trim` enforces the bound after each call.
+    """
+
+    def __init__(self, max_entries: int, max_buckets: int = 256) -> None:
+        self.max_entries = max(1, max_entries)
+        self.max_buckets = max(1, max_buckets)
+        self._buckets: OrderedDict[Hashable, dict[Hashable, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.lookups = 0
+        self.misses = 0
+
+    def bucket(self, request_key: Hashable) -> dict[Hashable, Any]:
+        with self._lock:
+            bucket = self._buckets.get(request_key)
+            if bucket is None:
+                bucket = self._buckets[request_key] = {}
+            self._buckets.move_to_end(request_key)
+            return bucket
+
+    def record(self, lookups: int, misses: int) -> None:
+        self.lookups += lookups
+        self.misses += misses
+
+    def trim(self) -> None:
+        with self._lock:
+            while len(self._buckets) > 1 and (len(self) > self.max_entries or len(self._buckets) > self.max_buckets):
+                self._buckets.popitem(last=False)
+            for bucket in self._buckets.values():
+                if len(bucket) > self.max_entries:
+                    bucket.clear()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._buckets.clear()
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in list(self._buckets.values()))
 
 
 def invalid_pod_reason(exc: InvalidInput) -> str:
@@ -113,19 +152,22 @@ class Outcome:
     results: Counter[str] = field(default_factory=Counter)
 
     def log_fields(self) -> dict[str, Any]:
+        """The decision log line's fields; cheap (no pass over every node's reason)."""
         fields: dict[str, Any] = {"pod": self.pod, "dies": self.dies, "model": self.model or "-",
-                                  "candidates": len(self.passed) + len(self.failed) + len(self.unresolvable)}
+                                  "candidates": len(self.scores) if self.scores else
+                                  len(self.passed) + len(self.failed) + len(self.unresolvable)}
         if self.error:
             fields["error"] = self.error
         fields["results"] = dict(self.results)
-        if self.passed and not self.scores:
-            fields["feasible"] = len(self.passed)
-        reasons = Counter({**self.failed, **self.unresolvable}.values())
-        if reasons:
-            fields["top_reason"], fields["top_reason_nodes"] = reasons.most_common(1)[0]
         if self.scores:
-            best = max(self.scores.items(), key=lambda kv: (kv[1], kv[0]))
-            fields["best"], fields["best_score"] = best
+            if self.passed:  # prioritize: passed is the rank order
+                fields["best"], fields["best_score"] = self.passed[0], self.scores[self.passed[0]]
+        else:
+            fields["feasible"] = len(self.passed)
+            refused = self.unresolvable or self.failed
+            if refused:
+                node, why = next(iter(refused.items()))
+                fields["example_node"], fields["example_reason"] = node, why
         return fields
 
 
@@ -134,7 +176,7 @@ class Extender:
 
     def __init__(self, cache: ClusterCache, *, memo_entries: int = 100_000, request_entries: int = 1024) -> None:
         self.cache = cache
-        self.memo = LruMemo(memo_entries)
+        self.memo = DecisionMemo(memo_entries)
         self._requests = LruMemo(request_entries)
 
     # -- pod → request -------------------------------------------------------------------------
@@ -165,20 +207,16 @@ class Extender:
         request = self._request_or_refuse(args, out)
         if request is None:
             return out
-        views, decisions = self._decide(args, request, out)
-        reasons = reasons_for(request, views, decisions)
-        passed = out.passed
-        for name in names:
-            d = decisions.get(name)
-            if d is None:
-                continue  # refused already (unknown node, node problem)
+        passing: set[str] = set()
+        for group in self._groups(args, request, out):
+            d = group.decision
+            assert d is not None
             if d.fits:
-                passed.append(name)
-            elif d.unresolvable:
-                out.unresolvable[name] = reasons[name]
+                passing.update(group.all_names())
             else:
-                out.failed[name] = reasons[name]
-        self._count(decisions, out)
+                target = out.unresolvable if d.unresolvable else out.failed
+                target.update(group_reasons(request, group, self.memo.bucket(request.key)))
+        out.passed = [name for name in names if name in passing]  # the scheduler's order
         return out
 
     def prioritize(self, args: ExtenderArgs) -> Outcome:
@@ -192,26 +230,11 @@ class Extender:
         request = self._request_or_refuse(args, out)
         if request is None:
             return out
-        _, decisions = self._decide(args, request, out)
-        self._count(decisions, out)
-        out.scores.update(score_decisions(decisions))
-        out.passed = decision_order(decisions)
+        out.passed = order_groups(self._groups(args, request, out))
+        out.scores = scores_from_order(names, out.passed)
         return out
 
     # -- helpers -------------------------------------------------------------------------------
-
-    @staticmethod
-    def _count(decisions: Mapping[str, Decision], out: Outcome) -> None:
-        """Results by refusal kind; decisions are shared objects, so count by identity first."""
-        per_object: dict[int, list[Any]] = {}
-        for d in decisions.values():
-            entry = per_object.get(id(d))
-            if entry is None:
-                per_object[id(d)] = [d, 1]
-            else:
-                entry[1] += 1
-        for d, count in per_object.values():
-            out.results[d.refusal.value] += count
 
     def _request_or_refuse(self, args: ExtenderArgs, out: Outcome) -> FitRequest | None:
         try:
@@ -226,19 +249,19 @@ class Extender:
         out.model = request.model_name
         return request
 
-    def _decide(self, args: ExtenderArgs, request: FitRequest,
-                out: Outcome) -> tuple[dict[str, NodeView], dict[str, Decision]]:
-        """Views of the candidate nodes (refusing unknown and unusable ones) and their decisions."""
-        views: dict[str, NodeView] = {}
+    def _groups(self, args: ExtenderArgs, request: FitRequest, out: Outcome) -> list[VectorGroup]:
+        """The candidate nodes grouped by free-die vector and decided (one core decision per
+        vector); unknown and unusable nodes are refused into `out.failed` on the way."""
         if args.nodes is not None:
             candidates: list[tuple[str, NodeView | NodeProblem | None]] = [
                 (node_name(n), self.cache.view_for_node_object(n)) for n in args.nodes]
         else:
             lookup = self.cache.lookup
             candidates = [(name, lookup(name)) for name in args.names]
+        usable: list[tuple[str, NodeView]] = []
         for name, view in candidates:
             if type(view) is NodeView:
-                views[name] = view
+                usable.append((name, view))
             elif view is None:
                 out.failed[name] = UNKNOWN_NODE
                 out.results["unknown-node"] += 1
@@ -246,4 +269,11 @@ class Extender:
                 assert isinstance(view, NodeProblem)
                 out.failed[name] = view.reason
                 out.results["node-problem"] += 1
-        return views, decide_nodes(request, views, self.memo)
+        groups = group_views(usable)
+        computed = decide_groups(request, groups, self.memo.bucket(request.key))
+        self.memo.record(len(groups), computed)
+        self.memo.trim()
+        for group in groups:
+            assert group.decision is not None
+            out.results[group.decision.refusal.value] += group.size
+        return groups
