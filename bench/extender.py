@@ -277,7 +277,7 @@ def extender_process(kubeconfig: Path, log_path: Path) -> Iterator[tuple[int, in
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "k80s.extender", "--kubeconfig", str(kubeconfig),
                                  "--port", "0", "--metrics-port", "0", "--metrics-address", "127.0.0.1",
-                                 "--log-format", "json", "--log-level", "WARNING"],
+                                 "--log-format", "json"],
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     try:
         ports = None

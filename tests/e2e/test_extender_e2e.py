@@ -340,3 +340,44 @@ def run_board_pairing(core: kubernetes.client.CoreV1Api, admin: Any, namespace: 
     assert allocate["envs"]["CUDA_VISIBLE_DEVICES"].split(",") == [d.uuid for d in got]  # CUDA order
     until(lambda: {d.allocated_to for d in inventory(core, node.name).dies if d.board == got[0].board}
           == {f"{namespace}/gemma-4096"}, "the inventory to show the board held by the model")
+
+
+# ------------------------------------------------------------------------------------------------
+# RBAC: the extender runs with exactly extender/examples/rbac.yaml
+# ------------------------------------------------------------------------------------------------
+
+
+def test_the_documented_rbac_is_enough(admin: Any, namespace: str, control_plane: ControlPlane, nodes: Any,
+                                       tmp_path: Path) -> None:
+    import yaml
+
+    core = kubernetes.client.CoreV1Api(admin)
+    rbac = kubernetes.client.RbacAuthorizationV1Api(admin)
+    role, binding = yaml.safe_load_all((ROOT / "extender" / "examples" / "rbac.yaml").read_text())
+    name = f"k80s-extender-{secrets.token_hex(3)}"
+    role["metadata"]["name"] = binding["metadata"]["name"] = binding["roleRef"]["name"] = name
+    binding["subjects"][0].update(name="extender", namespace=namespace)
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "extender"}})
+    rbac.create_cluster_role(role)
+    rbac.create_cluster_role_binding(binding)
+    try:
+        token = core.create_namespaced_service_account_token(
+            "extender", namespace, {"spec": {"audiences": [], "expirationSeconds": 3600}}).status.token
+        kubeconfig = control_plane.write_kubeconfig(tmp_path / "extender.kubeconfig", token)
+        proc = start_extender(kubeconfig, tmp_path / "extender.log")
+        try:
+            wait.wait_for(lambda: proc.get("/readyz")[0] == 200, what="readyz under the documented RBAC",
+                          timeout_s=60, state=proc.log_tail)
+            [node] = nodes("1xK80", count=1)
+            until(lambda: extender_sees(proc, node.name), "the extender to see a new node through its watch")
+            assert "forbidden" not in proc.log_path.read_text().lower()
+        finally:
+            stop_process(proc.process)
+    finally:
+        rbac.delete_cluster_role_binding(name)
+        rbac.delete_cluster_role(name)
+
+
+def extender_sees(proc: ExtenderProcess, node: str) -> bool:
+    answer = proc.call("filter", die_pod("probe", 1) | {"metadata": {"name": "probe", "namespace": "x"}}, [node])
+    return bool(answer["NodeNames"] == [node])
