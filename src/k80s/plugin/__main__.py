@@ -79,18 +79,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(s)
 
-    from k80s.plugin.publisher import kubernetes_node_patch
+    from k80s.plugin.publisher import KubernetesNodeApi, kubernetes_core_api, node_patch_with
     from k80s.plugin.server import PluginServer
+    from k80s.plugin.startup import StartupTaintRemover
 
     try:
         backend = make_backend(s)
-        node_patch = kubernetes_node_patch(s.kubeconfig) if s.node_name else None
+        core = kubernetes_core_api(s.kubeconfig) if s.node_name else None
     except K80sError as exc:
         print(f"k80s-plugin: error: {exc}", file=sys.stderr)
         return 2
-    if s.node_name and node_patch is None:
+    if s.node_name and core is None:
         log.warning("no kubeconfig and not in a cluster: the k80s.io/dies annotation will not be published")
-    server = PluginServer(s, backend, node_patch)
+    server = PluginServer(s, backend, node_patch_with(core) if core is not None else None)
+    remover = None
+    if core is not None and s.startup_taint:
+        remover = StartupTaintRemover(KubernetesNodeApi(core), s.node_name, s.startup_taint,
+                                      plugin_settings.RESOURCE_NAME, server.registered)
     stop_requested = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -102,9 +107,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("k80s device plugin starting", extra={
         "backend": backend.kind, "kubelet_root": str(s.kubelet_root), "node": s.node_name, "resource": plugin_settings.RESOURCE_NAME})
     server.start()
+    if remover is not None:
+        remover.start()
     try:
         stop_requested.wait()
     finally:
+        if remover is not None:
+            remover.stop()
         server.stop()
     return 0
 

@@ -82,8 +82,8 @@ class PodResourcesClient:
         self._channel.close()
 
 
-def kubernetes_node_patch(kubeconfig: str) -> NodePatch | None:
-    """A Node patcher from a kubeconfig, or in-cluster credentials; None when neither exists."""
+def kubernetes_core_api(kubeconfig: str) -> Any | None:
+    """A CoreV1Api from a kubeconfig, or in-cluster credentials; None when neither exists."""
     from kubernetes import client, config
 
     if kubeconfig:
@@ -95,12 +95,36 @@ def kubernetes_node_patch(kubeconfig: str) -> NodePatch | None:
         except config.ConfigException:
             return None
         api = client.ApiClient(cfg)
-    core = client.CoreV1Api(api)
+    return client.CoreV1Api(api)
+
+
+def node_patch_with(core: Any) -> NodePatch:
+    """A Node patcher (strategic merge) on a CoreV1Api."""
 
     def patch(name: str, body: Mapping[str, Any]) -> None:
         core.patch_node(name, dict(body), _request_timeout=10)
 
     return patch
+
+
+def kubernetes_node_patch(kubeconfig: str) -> NodePatch | None:
+    """A Node patcher from a kubeconfig, or in-cluster credentials; None when neither exists."""
+    core = kubernetes_core_api(kubeconfig)
+    return node_patch_with(core) if core is not None else None
+
+
+class KubernetesNodeApi:
+    """Read a Node as JSON and apply a JSON patch to it (the startup-taint remover's needs)."""
+
+    def __init__(self, core: Any) -> None:
+        self._core = core
+
+    def read(self, name: str) -> Mapping[str, Any]:
+        node = self._core.read_node(name, _request_timeout=10)
+        return self._core.api_client.sanitize_for_serialization(node)  # type: ignore[no-any-return]
+
+    def json_patch(self, name: str, ops: Any) -> None:
+        self._core.patch_node(name, list(ops), _request_timeout=10)  # a list body is sent as a JSON patch
 
 
 class NodePublisher:

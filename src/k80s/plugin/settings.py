@@ -85,6 +85,12 @@ class PluginSettings:
     socket_check_s: float = _doc(
         "Seconds between checks of kubelet.sock and the plugin's own socket (kubelet restarts). "
         "Re-registration follows within about twice this.", default=0.5)
+    startup_taint: str = _doc(
+        "Taint key the plugin removes from its Node once the kubelet lists its dies as allocatable "
+        "(any value and effect). cluster-autoscaler treats a node with a "
+        "startup-taint.cluster-autoscaler.kubernetes.io/ taint as still starting, so it does not "
+        "scale up twice while the dies register. Empty: leave taints alone.",
+        default="startup-taint.cluster-autoscaler.kubernetes.io/k80s")
     log_format: str = _doc("Log format: 'text' or 'json'.", default="text")
     log_level: str = _doc("Log level: DEBUG, INFO, WARNING or ERROR.", default="INFO")
 
@@ -226,6 +232,8 @@ def _validate(s: PluginSettings) -> None:
         raise InvalidSpec(_where("log_format"), f"{s.log_format!r} is not 'text' or 'json'")
     if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise InvalidSpec(_where("log_level"), f"{s.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
+    if s.startup_taint and (" " in s.startup_taint or s.startup_taint.count("/") > 1):
+        raise InvalidSpec(_where("startup_taint"), f"{s.startup_taint!r} is not a taint key ([prefix/]name)")
     if s.simulate_faults and not s.simulate:
         raise InvalidSpec(_where("simulate_faults"), "needs --simulate (faults are injected into the simulated backend)")
     if len(str(s.plugin_socket)) > 107:
