@@ -180,3 +180,15 @@ def test_reserved_env_names_are_the_ones_the_crd_refuses() -> None:
     assert listed == set(RESERVED_ENV)
     assert set(children.plan_env(plan_for()[1])) <= RESERVED_ENV
     assert set(children.plan_env(plan_for({"runtime": {"kind": "ollama"}})[1])) <= RESERVED_ENV
+
+
+def test_graph_safety_multiplier_reaches_only_the_ollama_builds_that_read_it() -> None:
+    from k80s.operator import parity
+
+    _, new = plan_for({"runtime": {"kind": "ollama", "image": "dogkeeper886/ollama37:2026-03-01"},
+                       "options": {"graphSafetyMultiplier": 3.0}})
+    assert children.plan_env(new)["OLLAMA_GRAPH_SAFETY_MULTIPLIER"] == "3.0"
+    assert parity.policy_condition(new).reason == "AwaitingRuntimeReport"
+    _, seed = plan_for({"runtime": {"kind": "ollama"}, "options": {"graphSafetyMultiplier": 3.0}})
+    assert "OLLAMA_GRAPH_SAFETY_MULTIPLIER" not in children.plan_env(seed)
+    assert parity.policy_condition(seed).reason == "OptionNotSettable"

@@ -41,8 +41,10 @@ LLAMACPP_PLAN_ENV: Final = (
 )
 OLLAMA_PLAN_ENV: Final = (
     "OLLAMA_CONTEXT_LENGTH", "OLLAMA_NUM_PARALLEL", "OLLAMA_KV_CACHE_TYPE", "OLLAMA_FLASH_ATTENTION",
-    "OLLAMA_MAX_LOADED_MODELS", "OLLAMA_GPU_OVERHEAD", "OLLAMA_SCHED_SPREAD",
+    "OLLAMA_MAX_LOADED_MODELS", "OLLAMA_GPU_OVERHEAD", "OLLAMA_SCHED_SPREAD", "OLLAMA_GRAPH_SAFETY_MULTIPLIER",
 )
+MULTIPLIER_ENV_POLICIES: Final = frozenset({"ollama37-2026"})
+"""ollama37 builds that read OLLAMA_GRAPH_SAFETY_MULTIPLIER (estimator.md §13.4)."""
 DEVICE_ENV: Final = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")
 """Set by the device plugin's Allocate (design.md, Die order); a pod must not override them."""
 
@@ -115,7 +117,7 @@ def plan_env(plan: Plan) -> dict[str, str]:
             "LLAMA_ARG_CACHE_TYPE_V": kv,
             "LLAMA_ARG_FIT": "off",  # newer builds would otherwise re-fit what the plan set
         }
-    return {
+    env = {
         "OLLAMA_CONTEXT_LENGTH": str(o.num_ctx),
         "OLLAMA_NUM_PARALLEL": str(o.num_parallel),
         "OLLAMA_KV_CACHE_TYPE": o.kv_cache_type,
@@ -124,6 +126,9 @@ def plan_env(plan: Plan) -> dict[str, str]:
         "OLLAMA_GPU_OVERHEAD": str(o.overhead_mib << 20),  # bytes per GPU
         "OLLAMA_SCHED_SPREAD": "0",  # the pod gets exactly the planned dies; let the runtime pick as planned
     }
+    if o.graph_safety_multiplier is not None and plan.runtime_policy in MULTIPLIER_ENV_POLICIES:
+        env["OLLAMA_GRAPH_SAFETY_MULTIPLIER"] = repr(o.graph_safety_multiplier)
+    return env
 
 
 def default_env(plan: Plan) -> dict[str, str]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from k80s.core.units import MIB
-from k80s.operator.children import context_tokens
+from k80s.operator.children import MULTIPLIER_ENV_POLICIES, context_tokens
 from k80s.operator.plan import Plan
 from k80s.operator.runtimes import LLAMACPP
 from k80s.operator.status import PLAN_PARITY, Condition
@@ -49,6 +49,10 @@ def policy_condition(plan: Plan) -> Condition:
         return Condition(PLAN_PARITY, "Unknown", "PolicyDiffersFromRuntime",
                          f"the plan uses policy {plan.options.policy}, image {plan.image} runs "
                          f"{plan.runtime_policy}: the runtime will compute its own split")
+    if plan.options.graph_safety_multiplier is not None and plan.runtime_policy not in MULTIPLIER_ENV_POLICIES:
+        return Condition(PLAN_PARITY, "Unknown", "OptionNotSettable",
+                         f"image {plan.image} reads no OLLAMA_GRAPH_SAFETY_MULTIPLIER; the plan assumed "
+                         f"graphSafetyMultiplier {plan.options.graph_safety_multiplier}")
     if plan.options.num_batch != OLLAMA_DEFAULT_BATCH:
         return Condition(PLAN_PARITY, "Unknown", "OptionNotSettable",
                          f"Ollama takes num_batch per request (default {OLLAMA_DEFAULT_BATCH}); "
