@@ -47,6 +47,7 @@ VALUES = {
     "memory_poll_s": ("2", 2.0),
     "pod_resources_poll_s": ("3", 3.0),
     "socket_check_s": ("0.2", 0.2),
+    "startup_taint": ("example.com/starting", "example.com/starting"),
     "log_format": ("json", "json"),
     "log_level": ("DEBUG", "DEBUG"),
 }
