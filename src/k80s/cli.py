@@ -279,6 +279,79 @@ def plan(
         render_plan(console(), report)
 
 
+@main.command("provisioning-request")
+@click.argument("name", required=False)
+@click.option("-n", "--namespace", default="default", show_default=True, help="Namespace of the ModelDeployment.")
+@click.option("-f", "--filename", "manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Plan from a ModelDeployment manifest instead of the live cluster.")
+@click.option("--kubeconfig", type=click.Path(dir_okay=False), default=None, help="Kubeconfig of the live cluster.")
+@click.option("--class", "class_name", default="check-capacity.autoscaling.x-k8s.io", show_default=True,
+              type=click.Choice(["check-capacity.autoscaling.x-k8s.io", "best-effort-atomic-scale-up.autoscaling.x-k8s.io"]),
+              help="check-capacity: book room if it exists; best-effort-atomic-scale-up: scale up for all or none.")
+@click.option("--replicas", type=click.IntRange(1), default=None, help="Pods to provision (default: spec.replicas).")
+def provisioning_request(
+    name: str | None, namespace: str, manifest: Path | None, kubeconfig: str | None, class_name: str, replicas: int | None
+) -> None:
+    """Print a PodTemplate + ProvisioningRequest for a ModelDeployment's pods (pipe to kubectl apply -f -).
+
+    With NAME, the pod template is copied from the ModelDeployment's Deployment in the cluster;
+    with -f, it is built from the manifest exactly as the operator would build it.
+    """
+    import yaml
+
+    from k80s.provisioning import provisioning_objects
+
+    if (name is None) == (manifest is None):
+        raise click.UsageError("give a ModelDeployment NAME (live cluster) or -f MANIFEST, not both")
+    if manifest is not None:
+        md_name, md_namespace, template, count = _template_from_manifest(manifest)
+    else:
+        assert name is not None
+        md_name, md_namespace = name, namespace
+        template, count = _template_from_cluster(kubeconfig, name, namespace)
+    objects = provisioning_objects(f"{md_name}-capacity", md_namespace, template, replicas or count, class_name)
+    click.echo(yaml.safe_dump_all(objects, sort_keys=False), nl=False)
+
+
+def _template_from_manifest(path: Path) -> tuple[str, str, dict[str, Any], int]:
+    from k80s import planner
+    from k80s.operator.children import Owner, PodSettings, pod_template
+    from k80s.operator.plan import make_plan
+    from k80s.operator.resolve import Resolver
+    from k80s.operator.settings import OperatorSettings
+    from k80s.operator.spec import parse_spec
+
+    deployments = planner.deployments_from_files([path])
+    if len(deployments) != 1:
+        raise InvalidSpec(str(path), f"expected exactly one ModelDeployment, found {len(deployments)}")
+    key, raw = deployments[0]
+    namespace, md_name = key.split("/", 1)
+    settings = OperatorSettings()
+    spec = parse_spec(raw)
+    model = Resolver(registry_url=settings.registry_url).resolve(spec.model)
+    image = settings.ollama_image if spec.runtime_kind == "ollama" else settings.llamacpp_image
+    plan_ = make_plan(spec, model, default_image=image, default_free_mib=settings.die_free_mib)
+    if not plan_.fits:
+        raise InvalidSpec(f"{key}.spec.maxDies", f"the model does not fit {spec.max_dies} idle dies; nothing to provision")
+    owner = Owner(md_name, namespace, uid="")
+    pod_settings = PodSettings(settings.scheduler_name, settings.fetcher_image, settings.registry_url)
+    return md_name, namespace, pod_template(owner, spec, plan_, pod_settings), spec.replicas
+
+
+def _template_from_cluster(kubeconfig: str | None, name: str, namespace: str) -> tuple[dict[str, Any], int]:
+    from kubernetes.client import AppsV1Api
+    from kubernetes.client.exceptions import ApiException
+
+    core, _ = _kube_clients(kubeconfig)
+    apps = AppsV1Api(core.api_client)
+    try:
+        deployment = apps.read_namespaced_deployment(name, namespace)
+    except ApiException as exc:
+        raise InvalidSpec(f"{namespace}/{name}", f"no Deployment of that ModelDeployment ({exc.status} {exc.reason})") from None
+    template = core.api_client.sanitize_for_serialization(deployment.spec.template)
+    return template, int(deployment.spec.replicas or 1)
+
+
 def _kube_clients(kubeconfig: str | None) -> tuple[Any, Any]:
     from kubernetes import client, config
 
@@ -340,3 +413,7 @@ def render_plan(out: Console, report: Any) -> None:
 
 
 main.add_command(cluster)
+
+from k80s.demo import demo  # noqa: E402 - registered last, like `cluster`
+
+main.add_command(demo)
