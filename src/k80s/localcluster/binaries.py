@@ -386,6 +386,17 @@ class _Builder:
             log.write(f"=== step {step}: {problem}\n{output}\n")
         return BuildError(step, problem, "\n".join(output.splitlines()[-LOG_TAIL_LINES:]), self.log_path)
 
+    def go_cache_sizes_mib(self) -> dict[str, int]:
+        """Sizes of GOCACHE and GOMODCACHE before the build: says whether a build was cold."""
+        sizes = {}
+        for var in ("GOCACHE", "GOMODCACHE"):
+            try:
+                done = subprocess.run(["go", "env", var], env=self.env, capture_output=True, text=True, timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                continue
+            sizes[var] = _tree_size_mib(Path(done.stdout.strip())) if done.stdout.strip() else 0
+        return sizes
+
     # -- steps -----------------------------------------------------------------------------
 
     def check_go(self) -> str:
@@ -486,6 +497,15 @@ class _NoMatch:
 
 
 _NOMATCH = _NoMatch()
+
+
+def _tree_size_mib(root: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total >> 20
 
 
 def _pump(stream: IO[str], log: IO[str], lines: list[str]) -> None:
@@ -625,6 +645,7 @@ def ensure(cache_dir: Path | None = None, progress: Progress = print) -> Path:
             builder = _Builder(cache, work, progress)
             progress(f"building control-plane binaries into {cache} (log: {builder.log_path})")
             info["go"] = builder.check_go()
+            info["goCachesBeforeMiB"] = builder.go_cache_sizes_mib()
             if not _kubernetes_built(cache):
                 info["kubernetes"] = "v" + _with_fallbacks(
                     "Kubernetes", K8S_VERSION, builder.build_kubernetes, progress, builder.notes
