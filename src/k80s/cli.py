@@ -356,7 +356,7 @@ def _kube_clients(kubeconfig: str | None) -> tuple[Any, Any]:
     from kubernetes import client, config
 
     try:
-        config.load_kube_config(config_file=kubeconfig)
+        config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
     except Exception as exc:  # the client raises several unrelated types for a missing/bad file
         raise InvalidSpec("--kubeconfig", f"cannot load a kubeconfig ({exc})") from None
     api = client.ApiClient()

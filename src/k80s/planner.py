@@ -145,13 +145,13 @@ def nodes_from_api(core_api: Any) -> tuple[list[SimNode], dict[str, list[tuple[s
         if owner and pod.metadata.deletion_timestamp is None:
             running.setdefault(f"{pod.metadata.namespace}/{owner}", []).append((pod.metadata.name, node_name))
         if node_name in bound:
-            dies = _pod_dies(pod)
-            if dies:
-                bound[node_name].append(BoundPod(key, dies))
+            requested = _pod_dies(pod)
+            if requested:
+                bound[node_name].append(BoundPod(key, requested))
     for name, inv in inventories.items():
         taken = taken_dies(inv.dies, bound[name])
-        dies = tuple(d if d.uuid not in taken or d.allocated_to else replace(d, allocated_to=PENDING) for d in inv.dies)
-        nodes.append(SimNode(name, dies))
+        in_use = tuple(d if d.uuid not in taken or d.allocated_to else replace(d, allocated_to=PENDING) for d in inv.dies)
+        nodes.append(SimNode(name, in_use))
     return nodes, running
 
 
