@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -222,3 +224,20 @@ def test_cli_check_exits_1_and_says_what_is_missing(tmp_path: Path) -> None:
 
     result = CliRunner().invoke(main, ["cluster", "build-binaries", "--check", "--dir", str(fake_cache(tmp_path))])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(("ci", "outcome", "exit_code"), [("true", "1 error", 1), ("", "1 skipped", 0)])
+def test_missing_binaries_skip_outside_ci_and_fail_under_ci(tmp_path: Path, ci: str, outcome: str, exit_code: int) -> None:
+    """The `k8s_bins` fixture: a skip that says how to build, a failure (setup error) under CI=true."""
+
+    test_file = tmp_path / "test_needs_bins.py"
+    test_file.write_text("def test_needs_bins(k8s_bins):\n    pass\n")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "CI": ci, "K80S_TEST_BIN_DIR": str(tmp_path / "empty")}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p", "no:cacheprovider", "-rsf", "-q",
+         "--rootdir", str(tmp_path), str(test_file)],
+        cwd=root, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert outcome in done.stdout and done.returncode == exit_code, done.stdout + done.stderr
+    assert "k80s cluster build-binaries" in done.stdout
