@@ -233,6 +233,7 @@ def _short(value: Any) -> str:
 @click.option("--from-cluster", is_flag=True, help="Also plan the ModelDeployments in the cluster (missing replicas).")
 @click.option("--node-shape", default=None, help="Report how many more nodes of this shape (e.g. 4xK80) place everything.")
 @click.option("--max-nodes", type=click.IntRange(0), default=64, show_default=True, help="Most extra nodes to try.")
+@click.option("--node-labels", default="", help="Labels new --node-shape nodes carry, e.g. pool=k80,zone=a (for nodeSelectors).")
 @click.option("--registry-url", default=None, help="Ollama registry base URL for models not in the catalogue.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan(
@@ -242,6 +243,7 @@ def plan(
     from_cluster: bool,
     node_shape: str | None,
     max_nodes: int,
+    node_labels: str,
     registry_url: str | None,
     as_json: bool,
 ) -> None:
@@ -272,7 +274,7 @@ def plan(
     if not deployments:
         raise click.UsageError("no ModelDeployments to plan: give -f FILE or --from-cluster")
     workloads = planner.build_workloads(deployments, running, settings, resolver)
-    report = planner.make_report(workloads, nodes, node_shape, max_nodes)
+    report = planner.make_report(workloads, nodes, node_shape, max_nodes, _labels(node_labels))
     if as_json:
         click.echo(planner.report_json(report))
     else:
@@ -350,6 +352,16 @@ def _template_from_cluster(kubeconfig: str | None, name: str, namespace: str) ->
         raise InvalidSpec(f"{namespace}/{name}", f"no Deployment of that ModelDeployment ({exc.status} {exc.reason})") from None
     template = core.api_client.sanitize_for_serialization(deployment.spec.template)
     return template, int(deployment.spec.replicas or 1)
+
+
+def _labels(text: str) -> dict[str, str]:
+    labels = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{part!r} is not key=value", param_hint="--node-labels")
+        labels[key] = value
+    return labels
 
 
 def _kube_clients(kubeconfig: str | None) -> tuple[Any, Any]:

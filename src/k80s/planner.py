@@ -1,7 +1,8 @@
 """`k80s plan`: where the replicas of ModelDeployments would go, what does not fit and why, and
 how many more nodes of a shape would place everything (design.md, Capacity planning).
 
-It uses exactly what the cluster uses: the operator's plan for each ModelDeployment (model
+It uses exactly what the cluster uses — the in-tree filters the `k80s` profile keeps (node
+selector, taints and tolerations) and then the operator's plan for each ModelDeployment (model
 resolution, options, the estimate on the fewest idle dies) and the extender's fit rule and
 ranking (`k80s.core.packing.K80sPlacer` over `k80s.core.fit`), with dies chosen by
 `preferred_dies`. Replicas are placed in order, each seeing the dies earlier ones took.
@@ -11,7 +12,8 @@ or a YAML file:
 
     nodes:
       - {shape: 4xK80, count: 3, name: gpu}                  # gpu-0, gpu-1, gpu-2, idle dies
-      - {shape: 2xK80, name: old, freeMiB: [11366, 4000, 11366, 11366], unhealthy: [2]}
+      - {shape: 2xK80, name: old, freeMiB: [11366, 4000, 11366, 11366], unhealthy: [2],
+         labels: {pool: legacy}, taints: [{key: dedicated, value: legacy, effect: NoSchedule}]}
 
 ModelDeployments: manifest files (any number of YAML documents; other kinds are skipped) and/or
 those in the cluster. For ModelDeployments read from the cluster, replicas already bound count
@@ -53,6 +55,8 @@ class Workload:
     to_place: int
     running: tuple[tuple[str, str], ...] = ()  # (pod, node) already bound
     error: str = ""
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
 
     def replicas(self) -> list[Replica]:
         if self.plan is None or not self.plan.fits:
@@ -64,7 +68,7 @@ class Workload:
             plan_free_mib=p.plan_free_mib,
         )
         first = len(self.running)
-        return [Replica(self.key, first + i, request) for i in range(self.to_place)]
+        return [Replica(self.key, first + i, request, self.node_selector, self.tolerations) for i in range(self.to_place)]
 
 
 @dataclass(frozen=True)
@@ -103,8 +107,13 @@ def nodes_from_file(path: Path) -> list[SimNode]:
             raise InvalidSpec(f"{where}.count", f"{count!r} must be a positive integer")
         base = str(entry.get("name") or f"node{i}")
         names = [base] if count == 1 else [f"{base}-{k}" for k in range(count)]
+        labels = entry.get("labels") or {}
+        taints = entry.get("taints") or []
+        if not isinstance(labels, Mapping) or not isinstance(taints, list):
+            raise InvalidSpec(where, "labels must be a mapping and taints a list of {key, value, effect}")
         for name in names:
-            nodes.append(SimNode(name, _shaped_dies(name, boards, entry, where)))
+            node_labels = {"kubernetes.io/hostname": name, **{str(k): str(v) for k, v in labels.items()}}
+            nodes.append(SimNode(name, _shaped_dies(name, boards, entry, where), node_labels, tuple(taints)))
     duplicates = {n.name for n in nodes if sum(m.name == n.name for m in nodes) > 1}
     if duplicates:
         raise InvalidSpec(str(path), f"node names repeat: {', '.join(sorted(duplicates))}")
@@ -130,10 +139,13 @@ def nodes_from_api(core_api: Any) -> tuple[list[SimNode], dict[str, list[tuple[s
     of each ModelDeployment (namespace/name → [(pod, node)])."""
     nodes: list[SimNode] = []
     inventories: dict[str, NodeInventory] = {}
+    meta: dict[str, tuple[dict[str, str], tuple[dict[str, Any], ...]]] = {}
     for node in core_api.list_node().items:
         text = (node.metadata.annotations or {}).get("k80s.io/dies")
         if text:
             inventories[node.metadata.name] = NodeInventory.from_json(text, f"node {node.metadata.name}: k80s.io/dies")
+            taints = tuple({"key": t.key, "value": t.value, "effect": t.effect} for t in node.spec.taints or [])
+            meta[node.metadata.name] = (dict(node.metadata.labels or {}), taints)
     bound: dict[str, list[BoundPod]] = {name: [] for name in inventories}
     running: dict[str, list[tuple[str, str]]] = {}
     for pod in core_api.list_pod_for_all_namespaces().items:
@@ -151,7 +163,7 @@ def nodes_from_api(core_api: Any) -> tuple[list[SimNode], dict[str, list[tuple[s
     for name, inv in inventories.items():
         taken = taken_dies(inv.dies, bound[name])
         in_use = tuple(d if d.uuid not in taken or d.allocated_to else replace(d, allocated_to=PENDING) for d in inv.dies)
-        nodes.append(SimNode(name, in_use))
+        nodes.append(SimNode(name, in_use, *meta[name]))
     return nodes, running
 
 
@@ -213,7 +225,8 @@ def build_workloads(
         except K80sError as exc:
             out.append(Workload(key, None, 0, bound, error=str(exc)))
             continue
-        out.append(Workload(key, plan, max(0, spec.replicas - len(bound)), bound))
+        out.append(Workload(key, plan, max(0, spec.replicas - len(bound)), bound,
+                            node_selector=dict(spec.node_selector), tolerations=tuple(spec.tolerations)))
     return out
 
 
@@ -225,8 +238,11 @@ def _default_image(settings: OperatorSettings, kind: str) -> str:
 
 
 def make_report(
-    workloads: Sequence[Workload], nodes: Sequence[SimNode], node_shape: str | None = None, max_nodes: int = 0
+    workloads: Sequence[Workload], nodes: Sequence[SimNode], node_shape: str | None = None, max_nodes: int = 0,
+    node_labels: Mapping[str, str] | None = None,
 ) -> PlanReport:
+    """Place every replica; with `node_shape`, also find the fewest new nodes of that shape (with
+    `node_labels`, as the node group's template would give them) that place everything."""
     replicas = [r for w in workloads for r in w.replicas()]
     result = pack(replicas, nodes, K80sPlacer())
     shapes = {n.name: f"{len({d.board for d in n.dies})}xK80" for n in nodes}
@@ -235,7 +251,10 @@ def make_report(
         boards = parse_node_shape(node_shape)
         extra = None
         for k in range(0, max_nodes + 1):
-            grown = list(nodes) + empty_nodes(k, boards, prefix=f"new-{node_shape}")
+            grown = list(nodes) + [
+                replace(n, labels={"kubernetes.io/hostname": n.name, **(node_labels or {})})
+                for n in empty_nodes(k, boards, prefix=f"new-{node_shape}")
+            ]
             if pack(replicas, grown, K80sPlacer()).all_placed:
                 extra = k
                 break

@@ -84,3 +84,21 @@ def test_packing_benchmark_meets_its_targets_on_small_sizes(tmp_path: Path) -> N
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
     assert bench.ilp_bound([3, 3, 3, 2, 2, 2, 1], 8) == 2  # type: ignore[attr-defined]
     assert bench.ilp_bound([5, 5, 5], 8) == 3  # type: ignore[attr-defined]
+
+
+def test_node_selector_and_taints_filter_nodes_first() -> None:
+    from k80s.core.packing import SimNode, tolerated
+
+    a, b = empty_nodes(2, 1)
+    tainted = SimNode(a.name, a.dies, {"pool": "x"}, ({"key": "dedicated", "value": "llm", "effect": "NoSchedule"},))
+    plain = SimNode(b.name, b.dies, {"pool": "y"})
+    rep = replica("gemma3:4b", 8192, 0)
+    only_x = Replica(rep.workload, 0, rep.request, node_selector={"pool": "x"})
+    refused = pack([only_x], [tainted, plain], K80sPlacer()).refused[0]
+    assert refused.reasons == {"node-000": "node had untolerated taint {dedicated: llm}",
+                               "node-001": "node didn't match the pod's node selector"}
+    ok = Replica(rep.workload, 0, rep.request, {"pool": "x"}, ({"key": "dedicated", "operator": "Exists"},))
+    assert pack([ok], [tainted, plain], K80sPlacer()).placed[0].node == "node-000"
+    assert tolerated({"key": "k", "value": "v", "effect": "NoSchedule"}, [{"operator": "Exists"}])
+    assert not tolerated({"key": "k", "value": "v", "effect": "NoSchedule"}, [{"key": "k", "value": "w"}])
+    assert not tolerated({"key": "k", "effect": "NoExecute"}, [{"key": "k", "operator": "Exists", "effect": "NoSchedule"}])

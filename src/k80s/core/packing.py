@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from k80s.core.estimate import Estimate
@@ -26,6 +26,8 @@ class Replica:
     workload: str  # "namespace/name" of the ModelDeployment
     index: int
     request: FitRequest
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def key(self) -> str:
@@ -36,6 +38,8 @@ class Replica:
 class SimNode:
     name: str
     dies: tuple[DieInfo, ...]
+    labels: Mapping[str, str] = field(default_factory=dict)
+    taints: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def free_dies(self) -> int:
@@ -89,6 +93,32 @@ class PackResult:
         return len({p.node for p in self.placed})
 
 
+def tolerated(taint: Mapping[str, Any], tolerations: Iterable[Mapping[str, Any]]) -> bool:
+    """Kubernetes' toleration match: key (or an empty key with Exists), value unless Exists, effect if set."""
+    for t in tolerations:
+        operator = t.get("operator") or "Equal"
+        if t.get("key") and t.get("key") != taint.get("key"):
+            continue
+        if not t.get("key") and operator != "Exists":
+            continue
+        if operator != "Exists" and (t.get("value") or "") != (taint.get("value") or ""):
+            continue
+        if t.get("effect") and t.get("effect") != taint.get("effect"):
+            continue
+        return True
+    return False
+
+
+def why_not_eligible(replica: Replica, node: SimNode) -> str:
+    """The in-tree filters the `k80s` profile keeps (node selector, taints): '' when they pass."""
+    if any(node.labels.get(k) != v for k, v in replica.node_selector.items()):
+        return "node didn't match the pod's node selector"
+    for taint in node.taints:
+        if taint.get("effect") in ("NoSchedule", "NoExecute") and not tolerated(taint, replica.tolerations):
+            return f"node had untolerated taint {{{taint.get('key')}: {taint.get('value') or ''}}}"
+    return ""
+
+
 def empty_nodes(count: int, boards: int, prefix: str = "node") -> list[SimNode]:
     """`count` idle `<boards>xK80` nodes named prefix-000, prefix-001, …"""
     return [SimNode(name, simulated_dies(name, boards)) for name in (f"{prefix}-{i:03d}" for i in range(count))]
@@ -133,13 +163,14 @@ class K80sPlacer:
         return fit_nodes(replica.request, {n.name: self._view(n) for n in nodes}, self.memo)
 
     def choose(self, replica: Replica, nodes: Sequence[SimNode]) -> Choice | Refused:
-        fits = self.fits(replica, nodes)
+        filtered = {n.name: why for n in nodes if (why := why_not_eligible(replica, n))}
+        fits = self.fits(replica, [n for n in nodes if n.name not in filtered])
         order = rank_order(fits)
         if not order:
             return Refused(
                 replica,
-                {name: f.reason for name, f in fits.items()},
-                unresolvable=bool(fits) and all(f.unresolvable for f in fits.values()),
+                {**filtered, **{name: f.reason for name, f in fits.items()}},
+                unresolvable=all(f.unresolvable for f in fits.values()),
             )
         best = fits[order[0]]
         return Choice(order[0], best.dies, best.estimate)
@@ -153,7 +184,7 @@ class SpreadPlacer:
 
     def choose(self, replica: Replica, nodes: Sequence[SimNode]) -> Choice | Refused:
         n = replica.request.dies
-        candidates = [node for node in nodes if node.free_dies >= n]
+        candidates = [node for node in nodes if node.free_dies >= n and not why_not_eligible(replica, node)]
         if not candidates:
             return Refused(replica, {node.name: f"{node.free_dies} of {len(node.dies)} dies free" for node in nodes},
                            unresolvable=all(len(node.dies) < n for node in nodes))
