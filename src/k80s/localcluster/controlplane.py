@@ -293,7 +293,7 @@ class ControlPlane:
         try:
             with open(self.log_path(name), "rb") as f:
                 f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - 256 * lines))
+                f.seek(max(0, f.tell() - 1024 * lines))  # klog lines can be long
                 text = f.read().decode(errors="replace")
         except OSError:
             return ""
