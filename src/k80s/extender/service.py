@@ -165,8 +165,8 @@ class Outcome:
         else:
             fields["feasible"] = len(self.passed)
             refused = self.unresolvable or self.failed
-            if refused:
-                node, why = next(iter(refused.items()))
+            if refused:  # an example refusal, preferably one about dies rather than an unknown node
+                node, why = next(((n, r) for n, r in refused.items() if r != UNKNOWN_NODE), next(iter(refused.items())))
                 fields["example_node"], fields["example_reason"] = node, why
         return fields
 
