@@ -1,0 +1,536 @@
+"""What `k80s demo` shows: nodes → boards → dies with the model on each die, the ModelDeployments
+next to the round-robin plans they replaced, and a summary line.
+
+Pure: plain data in (node inventories, pods and ModelDeployments as the API server returns them,
+as JSON-shaped dicts, and the round-robin plans computed with the estimator), rows and rich
+renderables out. It talks to no cluster and starts nothing; `k80s.demo` gathers the inputs.
+
+Die order: a pod's dies in CUDA order are its dies sorted by index on the node (the order the
+device plugin's Allocate returns); the i-th die carries `tensorSplit[i]` layers and
+`perDieBytes[i]` of the estimate, and the last one is the primary (design.md, Die order).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from rich import box
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from k80s.core.estimate import Estimate
+from k80s.core.inventory import NodeInventory
+from k80s.core.units import GIB
+
+MODEL_DEPLOYMENT_LABEL: Final = "k80s.io/model-deployment"
+ESTIMATE_ANNOTATION: Final = "k80s.io/estimate"
+CONDITIONS: Final = ("Fits", "Scheduled", "Ready")
+"""The conditions the demo shows per ModelDeployment (design.md, ModelDeployment status)."""
+
+CONDITION_HEADERS: Final = {"Scheduled": "Sched."}
+
+ROUND_ROBIN_LABEL: Final = "round-robin (upstream-v0.11.4)"
+
+
+# ---------------------------------------------------------------------------------------------
+# Plans
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PlanSummary:
+    """What one replica's plan books: dies, split in CUDA order, bytes per die and in all."""
+
+    fits: bool
+    dies: int
+    split: tuple[int, ...]
+    per_die_bytes: tuple[int, ...]
+    vram_bytes: int
+
+    @classmethod
+    def from_estimate(cls, est: Estimate) -> PlanSummary:
+        return cls(est.fits, est.dies_used, tuple(est.tensor_split), tuple(est.per_die_bytes), est.vram_bytes)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PlanSummary:
+        """From the Estimate object (status.estimate or the `k80s.io/estimate` annotation)."""
+        per_die = tuple(int(b) for b in data.get("perDieBytes") or ())
+        return cls(
+            fits=bool(data.get("fits")),
+            dies=int(data.get("diesUsed") or 0),
+            split=tuple(int(x) for x in data.get("tensorSplit") or ()),
+            per_die_bytes=per_die,
+            vram_bytes=int(data.get("vramBytes") or sum(per_die)),
+        )
+
+    @property
+    def split_text(self) -> str:
+        return ",".join(str(n) for n in self.split) or "-"
+
+    @property
+    def gib_text(self) -> str:
+        """'11.9 (3.3+8.6)': the total and the per-die GiB, one decimal as the runtime logs them."""
+        total = f"{self.vram_bytes / GIB:.1f}"
+        if len(self.per_die_bytes) < 2:
+            return total
+        return f"{total} ({'+'.join(f'{b / GIB:.1f}' for b in self.per_die_bytes)})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    """One node as the demo reads it: its name and its `k80s.io/dies` inventory (None until the
+    device plugin has published it)."""
+
+    name: str
+    inventory: NodeInventory | None
+
+
+@dataclass(frozen=True, slots=True)
+class DieRow:
+    node: str
+    board: int  # position of the board on the node (0, 1, …)
+    serial: str  # the board's serial, shared by both dies
+    index: int  # the die's index on the node
+    uuid: str
+    health: str
+    holder: str = ""  # ModelDeployment name ('' = free, or a pod without one)
+    pod: str = ""  # namespace/pod holding the die
+    layers: int | None = None
+    estimate_bytes: int | None = None
+    primary: bool = False  # the last die of the pod's list: the seed's primary
+
+    @property
+    def state(self) -> str:
+        if self.health != "Healthy":
+            return "unhealthy"
+        return "held" if self.pod else "free"
+
+
+def _name(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("name") or "")
+
+
+def _namespace(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("namespace") or "")
+
+
+def _pod_estimate(pod: Mapping[str, Any], mds: Mapping[str, Mapping[str, Any]]) -> PlanSummary | None:
+    """The pod's own plan (its `k80s.io/estimate` annotation), else its ModelDeployment's."""
+    raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(ESTIMATE_ANNOTATION)
+    if raw:
+        try:
+            return PlanSummary.from_dict(json.loads(raw))
+        except (ValueError, TypeError):
+            pass
+    md = mds.get(((pod.get("metadata") or {}).get("labels") or {}).get(MODEL_DEPLOYMENT_LABEL, ""))
+    estimate = ((md or {}).get("status") or {}).get("estimate")
+    return PlanSummary.from_dict(estimate) if estimate else None
+
+
+def die_rows(
+    nodes: Sequence[NodeView], pods: Sequence[Mapping[str, Any]], mds: Sequence[Mapping[str, Any]]
+) -> list[DieRow]:
+    """One row per die, nodes in the given order, dies by index.
+
+    Who holds a die: the inventory's `allocatedTo` (what the kubelet's pod-resources says), else a
+    ModelDeployment's `status.placements` naming the die (the plugin has not re-published yet).
+    """
+    pods_by_key = {f"{_namespace(p)}/{_name(p)}": p for p in pods}
+    mds_by_name = {_name(m): m for m in mds}
+    placed: dict[str, str] = {}  # die UUID → namespace/pod, from the ModelDeployments' placements
+    for md in mds:
+        for placement in (md.get("status") or {}).get("placements") or []:
+            for uuid in placement.get("dieUUIDs") or []:
+                placed[uuid] = f"{_namespace(md)}/{placement.get('pod', '')}"
+    rows: list[DieRow] = []
+    for node in nodes:
+        if node.inventory is None:
+            continue
+        dies = sorted(node.inventory.dies, key=lambda d: d.index)
+        boards: dict[str, int] = {}
+        for die in dies:
+            boards.setdefault(die.board, len(boards))
+        holders: dict[str, list[int]] = {}  # pod key → its die indices on this node
+        owner = {d.uuid: d.allocated_to or placed.get(d.uuid, "") for d in dies}
+        for die in dies:
+            if owner[die.uuid]:
+                holders.setdefault(owner[die.uuid], []).append(die.index)
+        for die in dies:
+            key = owner[die.uuid]
+            row = DieRow(node.name, boards[die.board], die.board, die.index, die.uuid, die.health)
+            if key:
+                pod = pods_by_key.get(key, {})
+                md_name = ((pod.get("metadata") or {}).get("labels") or {}).get(MODEL_DEPLOYMENT_LABEL, "")
+                if not md_name:  # a pod we do not see (yet): name the ModelDeployment by placement
+                    md_name = next((_name(m) for m in mds for p in (m.get("status") or {}).get("placements") or []
+                                    if die.uuid in (p.get("dieUUIDs") or [])), "")
+                order = sorted(holders[key])
+                position = order.index(die.index)
+                plan = _pod_estimate(pod, mds_by_name) if pod else None
+                if plan is None and md_name in mds_by_name:
+                    estimate = (mds_by_name[md_name].get("status") or {}).get("estimate")
+                    plan = PlanSummary.from_dict(estimate) if estimate else None
+                layers = plan.split[position] if plan and position < len(plan.split) else None
+                est = plan.per_die_bytes[position] if plan and position < len(plan.per_die_bytes) else None
+                row = DieRow(node.name, boards[die.board], die.board, die.index, die.uuid, die.health,
+                             md_name, key, layers, est, primary=len(order) > 1 and position == len(order) - 1)
+            rows.append(row)
+    return rows
+
+
+@dataclass(frozen=True, slots=True)
+class ConditionView:
+    status: str  # "True", "False", "Unknown", "" (not reported yet)
+    reason: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRow:
+    """One ModelDeployment: its conditions, the k80s plan and the round-robin plan it replaced."""
+
+    name: str
+    model: str
+    context_tokens: int | None
+    replicas: int
+    conditions: dict[str, ConditionView]
+    k80s: PlanSummary | None  # the operator's plan (status.estimate); None until reported
+    round_robin: PlanSummary | None
+    dies_wanted: int
+    dies_placed: int
+
+    @property
+    def saved_bytes(self) -> int | None:
+        """Memory the k80s plan books less than round-robin, per replica (negative: more)."""
+        if self.k80s is None or self.round_robin is None or not (self.k80s.fits and self.round_robin.fits):
+            return None
+        return self.round_robin.vram_bytes - self.k80s.vram_bytes
+
+    @property
+    def saved_dies(self) -> int | None:
+        if self.k80s is None or self.round_robin is None or not (self.k80s.fits and self.round_robin.fits):
+            return None
+        return self.round_robin.dies - self.k80s.dies
+
+    def condition(self, kind: str) -> ConditionView:
+        return self.conditions.get(kind, ConditionView(""))
+
+
+def model_rows(mds: Sequence[Mapping[str, Any]], round_robin: Mapping[str, PlanSummary]) -> list[ModelRow]:
+    """One row per ModelDeployment, in the given order. `round_robin`: name → the round-robin plan
+    on idle dies for the same model and options."""
+    rows = []
+    for md in mds:
+        spec, status = md.get("spec") or {}, md.get("status") or {}
+        conditions = {
+            c.get("type", ""): ConditionView(str(c.get("status", "")), str(c.get("reason", "")), str(c.get("message", "")))
+            for c in status.get("conditions") or []
+        }
+        estimate = status.get("estimate")
+        ctx = (spec.get("options") or {}).get("numCtx")
+        dies = status.get("dies") or {}
+        rows.append(ModelRow(
+            name=_name(md),
+            model=str((spec.get("model") or {}).get("name") or ""),
+            context_tokens=int(ctx) if ctx is not None else None,
+            replicas=int(spec.get("replicas", 1)),
+            conditions=conditions,
+            k80s=PlanSummary.from_dict(estimate) if estimate else None,
+            round_robin=round_robin.get(_name(md)),
+            dies_wanted=int(dies.get("wanted") or 0),
+            dies_placed=int(dies.get("placed") or 0),
+        ))
+    return rows
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    models: int
+    models_placed: int  # every wanted die placed
+    dies_total: int  # on all nodes
+    dies_k80s: int  # wanted by the k80s plans of the placed ModelDeployments
+    dies_round_robin: int  # the round-robin plans of the same ModelDeployments would need
+    saved_bytes: int  # memory booked less than round-robin, over the same ModelDeployments
+    round_robin_unfit: tuple[str, ...] = ()  # placed by k80s, but round-robin would not fit them at all
+
+
+def summarize(rows: Sequence[ModelRow], dies_total: int) -> Summary:
+    """Dies the placed ModelDeployments use against what round-robin would have needed for them."""
+    placed = [r for r in rows if r.k80s is not None and r.k80s.fits and r.dies_wanted and r.dies_placed >= r.dies_wanted]
+    comparable = [r for r in placed if r.round_robin is not None and r.round_robin.fits]
+    return Summary(
+        models=len(rows),
+        models_placed=len(placed),
+        dies_total=dies_total,
+        dies_k80s=sum(r.dies_wanted for r in placed),
+        dies_round_robin=sum(r.round_robin.dies * r.replicas for r in comparable if r.round_robin)
+        + sum(r.dies_wanted for r in placed if r not in comparable),
+        saved_bytes=sum((r.saved_bytes or 0) * r.replicas for r in comparable),
+        round_robin_unfit=tuple(r.name for r in placed if r not in comparable),
+    )
+
+
+def summary_line(s: Summary) -> str:
+    """e.g. 'k80s placed 5 of 5 models on 8 of 12 dies; round-robin (upstream-v0.11.4) would need
+    10: 2 dies and 9.9 GiB saved' (round-robin counted for the same, placed, ModelDeployments)."""
+    text = (f"k80s placed {s.models_placed} of {s.models} model{'s' if s.models != 1 else ''} on "
+            f"{s.dies_k80s} of {s.dies_total} dies")
+    if not s.models_placed:
+        return text
+    saved_dies = s.dies_round_robin - s.dies_k80s
+    text += f"; {ROUND_ROBIN_LABEL} would need {s.dies_round_robin}: "
+    if saved_dies > 0:
+        text += f"{saved_dies} {'die' if saved_dies == 1 else 'dies'} and "
+    elif saved_dies < 0:
+        text += f"{-saved_dies} {'die' if saved_dies == -1 else 'dies'} more, and "
+    gib = s.saved_bytes / GIB
+    text += f"{gib:.1f} GiB saved" if gib >= 0 else f"{-gib:.1f} GiB more booked"
+    if s.round_robin_unfit:
+        text += f" ({', '.join(s.round_robin_unfit)}: round-robin would not fit at all, counted at the k80s dies)"
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# When the demo has settled
+# ---------------------------------------------------------------------------------------------
+
+DONE: Final = "done"
+WAITING: Final = "waiting"
+STUCK: Final = "stuck"
+
+
+def md_phase(md: Mapping[str, Any]) -> str:
+    """`done`: Fits=False (it never will), or Scheduled and Ready with every placement's dies
+    known. `stuck`: Scheduled=False because no node has the dies (may change only if something
+    else frees dies). `waiting`: anything else."""
+    conditions = {c.get("type"): c for c in (md.get("status") or {}).get("conditions") or []}
+    fits = conditions.get("Fits") or {}
+    if fits.get("status") == "False":
+        return DONE
+    scheduled, ready = conditions.get("Scheduled") or {}, conditions.get("Ready") or {}
+    placements = (md.get("status") or {}).get("placements") or []
+    if scheduled.get("status") == "True" and ready.get("status") == "True" and placements \
+            and all(p.get("dieUUIDs") for p in placements):
+        return DONE
+    if scheduled.get("status") == "False" and scheduled.get("reason") == "InsufficientDies":
+        return STUCK
+    return WAITING
+
+
+# ---------------------------------------------------------------------------------------------
+# Start-up steps
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Step:
+    label: str
+    started: float
+    finished: float | None = None
+    detail: str = ""
+
+    def seconds(self, now: float) -> float:
+        return (self.finished if self.finished is not None else now) - self.started
+
+
+@dataclass
+class Steps:
+    """The start-up steps, for the live view (and the elapsed times printed without it)."""
+
+    started: float = field(default_factory=time.monotonic)
+    items: list[Step] = field(default_factory=list)
+
+    def begin(self, label: str, detail: str = "") -> Step:
+        step = Step(label, time.monotonic(), detail=detail)
+        self.items.append(step)
+        return step
+
+    def current(self) -> Step | None:
+        return next((s for s in reversed(self.items) if s.finished is None), None)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+
+
+def render_steps(steps: Steps, now: float | None = None, *, running_only: bool = False) -> RenderableType:
+    """One line per step with its elapsed time (`running_only`: the unfinished ones)."""
+    now = time.monotonic() if now is None else now
+    lines = []
+    for s in steps.items:
+        if running_only and s.finished is not None:
+            continue
+        if s.finished is None:
+            line = Text.assemble(("  … ", "yellow"), s.label, (f"  {_duration(s.seconds(now))}", "dim"))
+            if s.detail:
+                line.append(f"\n      {s.detail}", style="dim")
+                line.no_wrap = True
+                line.overflow = "ellipsis"
+        else:
+            line = Text.assemble(("  ✓ ", "green"), s.label, (f"  {_duration(s.seconds(now))}", "dim"))
+        lines.append(line)
+    return Group(*lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------
+
+
+def _gib(n: int | None) -> str:
+    return "" if n is None else f"{n / GIB:.1f}"
+
+
+def die_table(rows: Sequence[DieRow], nodes: Sequence[NodeView]) -> Table:
+    table = Table(title="nodes → boards → dies", title_justify="left", show_lines=False)
+    for col, justify in (("node", "left"), ("board", "left"), ("die", "right"), ("held by", "left"),
+                         ("layers", "right"), ("est. GiB", "right"), ("pod", "left")):
+        table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    by_node: dict[str, list[DieRow]] = {}
+    for r in rows:
+        by_node.setdefault(r.node, []).append(r)
+    for n, node in enumerate(nodes):
+        node_rows = by_node.get(node.name, [])
+        if not node_rows:
+            table.add_row(node.name, Text("waiting for the device plugin's inventory", style="dim"), "", "", "", "", "",
+                          end_section=n < len(nodes) - 1)
+            continue
+        last_board = None
+        for i, r in enumerate(node_rows):
+            board = f"{r.board} ({r.serial})" if r.board != last_board else ""
+            last_board = r.board
+            if r.state == "unhealthy":
+                holder = Text("unhealthy", style="red")
+            elif r.holder:
+                holder = Text(r.holder, style="bold cyan")
+                if r.primary:
+                    holder.append(" (primary)", style="dim")
+            elif r.pod:
+                holder = Text(r.pod, style="cyan")
+            else:
+                holder = Text("free", style="dim")
+            table.add_row(node.name if i == 0 else "", board, str(r.index), holder,
+                          "" if r.layers is None else str(r.layers), _gib(r.estimate_bytes),
+                          Text(r.pod.split("/", 1)[-1], style="dim"), end_section=i == len(node_rows) - 1)
+    return table
+
+
+def _condition_text(c: ConditionView) -> Text:
+    """✓ True, ✗ False, ? Unknown, … not reported yet (the reasons are listed under the table)."""
+    if c.status == "True":
+        return Text("✓", style="green")
+    if c.status == "False":
+        return Text("✗", style="red")
+    if c.status == "Unknown":
+        return Text("?", style="yellow")
+    return Text("…", style="dim")
+
+
+def _saved_text(row: ModelRow) -> Text:
+    saved = row.saved_bytes
+    if saved is None:
+        if row.k80s is not None and row.k80s.fits and row.round_robin is not None and not row.round_robin.fits:
+            return Text("round-robin does not fit", style="green")
+        return Text("")
+    dies = row.saved_dies or 0
+    text = f"{saved / GIB:.1f} GiB"
+    if dies:
+        text = f"{dies} {'die' if abs(dies) == 1 else 'dies'}, {text}"
+    return Text(text, style="green" if saved > 0 or dies > 0 else "yellow")
+
+
+def _plan_cells(plan: PlanSummary | None) -> tuple[str, str, str]:
+    """(dies, split, GiB) of a plan; '…' until the operator reported it."""
+    if plan is None:
+        return "…", "", ""
+    if not plan.fits:
+        return "-", "", "does not fit"
+    return str(plan.dies), plan.split_text, plan.gib_text
+
+
+def model_table(rows: Sequence[ModelRow]) -> Table:
+    """Two lines per ModelDeployment: its name and the k80s plan (the operator's, as status
+    reports it); under them its model and the round-robin plan for the same model and options,
+    with what k80s saved."""
+    table = Table(title="ModelDeployments: the k80s plan, and the round-robin plan it replaced",
+                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("name / model", no_wrap=True)
+    table.add_column("ctx", justify="right", no_wrap=True)
+    for kind in CONDITIONS:
+        table.add_column(CONDITION_HEADERS.get(kind, kind), no_wrap=True)
+    table.add_column("plan", no_wrap=True)
+    table.add_column("dies", justify="right", no_wrap=True)
+    table.add_column("split", no_wrap=True)
+    table.add_column("GiB (per die)", no_wrap=True)
+    table.add_column("saved", no_wrap=True)
+    for i, r in enumerate(rows):
+        table.add_row(
+            Text(r.name, style="bold"), "" if r.context_tokens is None else str(r.context_tokens),
+            *(_condition_text(r.condition(kind)) for kind in CONDITIONS),
+            Text("k80s", style="cyan"), *_plan_cells(r.k80s), "",
+        )
+        table.add_row(Text(r.model, style="dim"), "", "", "", "", Text("round-robin", style="magenta"),
+                      *(Text(c, style="dim") for c in _plan_cells(r.round_robin)), _saved_text(r),
+                      end_section=i < len(rows) - 1)
+    return table
+
+
+def problems(rows: Sequence[ModelRow]) -> list[str]:
+    """One line per ModelDeployment whose Fits or Scheduled condition is False, with its message."""
+    out = []
+    for r in rows:
+        for kind in ("Fits", "Scheduled"):
+            c = r.condition(kind)
+            if c.status == "False":
+                out.append(f"{r.name}: {kind}=False ({c.reason}): {c.message}")
+                break
+    return out
+
+
+def kubectl_line(kubeconfig: Path, kubectl: Path) -> str:
+    """The exact line that lists the ModelDeployments with the cached kubectl."""
+    return f"export KUBECONFIG={kubeconfig}; {kubectl} get md -A"
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything the result view shows at one moment."""
+
+    nodes: tuple[NodeView, ...]
+    pods: tuple[Mapping[str, Any], ...]
+    mds: tuple[Mapping[str, Any], ...]
+    round_robin: Mapping[str, PlanSummary]
+    elapsed_s: float = 0.0
+
+    @property
+    def dies_total(self) -> int:
+        return sum(len(n.inventory.dies) for n in self.nodes if n.inventory is not None)
+
+
+def render_result(snapshot: Snapshot, header: str = "", footer: Sequence[str] = ()) -> RenderableType:
+    """The die table, the ModelDeployment table, problems, the summary line and the footer lines."""
+    rows = model_rows(snapshot.mds, snapshot.round_robin)
+    parts: list[RenderableType] = []
+    if header:
+        parts.append(Text(header, style="bold"))
+    parts.append(die_table(die_rows(snapshot.nodes, snapshot.pods, snapshot.mds), snapshot.nodes))
+    parts.append(model_table(rows))
+    for line in problems(rows):
+        parts.append(Text(line, style="yellow"))
+    parts.append(Text(summary_line(summarize(rows, snapshot.dies_total)), style="bold green"))
+    parts.extend(Text(line) for line in footer)
+    return Group(*parts)
