@@ -48,3 +48,12 @@ def test_bad_values_name_the_flag_and_variable(argv: list[str], env: dict[str, s
     with pytest.raises(InvalidSpec) as info:
         load(argv, env)
     assert str(info.value).startswith(where)
+
+
+def test_the_readme_documents_every_flag_and_variable() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "extender" / "README.md").read_text()
+    for flag, env, default, _doc in describe():
+        assert f"| `{flag}` | `{env}` |" in readme, flag
+        assert f"`{default}`" in readme or default == "", (flag, default)

@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Hashable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Final
@@ -589,6 +589,31 @@ def group_views(views: Iterable[tuple[str, NodeView]]) -> list[VectorGroup]:
         else:
             group.odd.append((name, view))
     return list(groups.values())
+
+
+def group_names(
+    names: Iterable[str], lookup: Callable[[str], object]
+) -> tuple[list[VectorGroup], list[tuple[str, object]]]:
+    """`group_views` straight from node names and a view lookup, in one pass: (groups, the names
+    whose lookup gave anything but a `NodeView`, with what it gave)."""
+    groups: dict[int, VectorGroup] = {}
+    others: list[tuple[str, object]] = []
+    for name in names:
+        view = lookup(name)
+        if type(view) is not NodeView:
+            others.append((name, view))
+            continue
+        vector = view.vector
+        group = groups.get(id(vector))
+        if group is None:
+            group = groups[id(vector)] = VectorGroup(vector)
+        if view.generic:
+            group.names.append(name)
+            if group.example is None:
+                group.example = view
+        else:
+            group.odd.append((name, view))
+    return list(groups.values()), others
 
 
 def decide_groups(request: FitRequest, groups: Sequence[VectorGroup], memo: Memo | None = None) -> int:

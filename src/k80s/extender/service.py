@@ -30,7 +30,7 @@ from k80s.core.fit import (
     VectorGroup,
     decide_groups,
     group_reasons,
-    group_views,
+    group_names,
     order_groups,
     request_for_pod,
     scores_from_order,
@@ -207,16 +207,15 @@ class Extender:
         request = self._request_or_refuse(args, out)
         if request is None:
             return out
-        passing: set[str] = set()
+        bucket = self.memo.bucket(request.key)
         for group in self._groups(args, request, out):
             d = group.decision
             assert d is not None
-            if d.fits:
-                passing.update(group.all_names())
+            if d.fits:  # the order of first appearance; the scheduler maps names, order is free
+                out.passed.extend(group.all_names())
             else:
                 target = out.unresolvable if d.unresolvable else out.failed
-                target.update(group_reasons(request, group, self.memo.bucket(request.key)))
-        out.passed = [name for name in names if name in passing]  # the scheduler's order
+                target.update(group_reasons(request, group, bucket))
         return out
 
     def prioritize(self, args: ExtenderArgs) -> Outcome:
@@ -253,23 +252,18 @@ class Extender:
         """The candidate nodes grouped by free-die vector and decided (one core decision per
         vector); unknown and unusable nodes are refused into `out.failed` on the way."""
         if args.nodes is not None:
-            candidates: list[tuple[str, NodeView | NodeProblem | None]] = [
-                (node_name(n), self.cache.view_for_node_object(n)) for n in args.nodes]
+            by_name = {node_name(n): n for n in args.nodes}
+            groups, others = group_names(by_name, lambda name: self.cache.view_for_node_object(by_name[name]))
         else:
-            lookup = self.cache.lookup
-            candidates = [(name, lookup(name)) for name in args.names]
-        usable: list[tuple[str, NodeView]] = []
-        for name, view in candidates:
-            if type(view) is NodeView:
-                usable.append((name, view))
-            elif view is None:
+            groups, others = group_names(args.names, self.cache.lookup)
+        for name, view in others:
+            if view is None:
                 out.failed[name] = UNKNOWN_NODE
                 out.results["unknown-node"] += 1
             else:
                 assert isinstance(view, NodeProblem)
                 out.failed[name] = view.reason
                 out.results["node-problem"] += 1
-        groups = group_views(usable)
         computed = decide_groups(request, groups, self.memo.bucket(request.key))
         self.memo.record(len(groups), computed)
         self.memo.trim()
