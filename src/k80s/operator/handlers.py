@@ -28,10 +28,12 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import kopf
 import kubernetes.client
@@ -54,6 +56,10 @@ DIES_ANNOTATION: Final = "k80s.io/dies"
 FIT_SEARCH_LIMIT: Final = 16
 """Dies tried when suggesting a larger maxDies (an 8xK80 chassis)."""
 TRANSIENT_RETRY_S: Final = 15.0
+REFRESH_DEBOUNCE_S: Final = 0.3
+"""Pod/node events within this window share one status refresh."""
+API_THREADS: Final = 16
+SIDE_THREADS: Final = 4
 ADMISSION_FAILURES: Final = ("UnexpectedAdmissionError", "OutOf")
 """Pod failure reasons from kubelet admission: the ReplicaSet replaces the pod; we delete the
 failed one (with an Event) so failed pods do not pile up."""
@@ -65,6 +71,7 @@ ANNOUNCED: Final = frozenset({"DiesPlaced", st.INSUFFICIENT_DIES, "ReplicasReady
 """Condition reasons that become Events when a condition changes to them."""
 
 Key = tuple[str, str]
+T = TypeVar("T")
 
 
 def _now() -> str:
@@ -81,11 +88,13 @@ class _Memory:
 
     ref: dict[str, str]
     outcome: st.Outcome | None = None
+    stored_status: Mapping[str, Any] = field(default_factory=dict)  # the status found when first seen
     previous_conditions: list[Mapping[str, Any]] = field(default_factory=list)
     written: dict[str, Any] | None = None  # last status written, without timestamps
     applied: dict[str, str] = field(default_factory=dict)  # kind → digest of the manifest applied
     parity: st.Condition | None = None
     replaced: set[str] = field(default_factory=set)  # pod UIDs already deleted
+    refresh_pending: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -104,7 +113,20 @@ class Reconciler:
                                                  registry_url=settings.registry_url)
         self.memory: dict[Key, _Memory] = {}
         self._recheck_task: asyncio.Task[None] | None = None
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Future[Any]] = set()
+        # Blocking API calls run here; Events and probes get their own threads, so a burst of
+        # Events never queues in front of the applies that put pods on their way.
+        self._api_pool = ThreadPoolExecutor(API_THREADS, thread_name_prefix="k80s-api")
+        self._side_pool = ThreadPoolExecutor(SIDE_THREADS, thread_name_prefix="k80s-side")
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking API call on the API threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._api_pool, partial(fn, *args, **kwargs))
+
+    def _spawn(self, work: Coroutine[Any, Any, Any] | asyncio.Future[Any]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # -- memory and events -----------------------------------------------------------------------
 
@@ -114,18 +136,18 @@ class Reconciler:
         mem = self.memory.get(key)
         if mem is None or mem.ref.get("uid") != meta.get("uid"):
             ref = {"name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid", "")}
-            previous = list(((body.get("status") or {}).get("conditions")) or [])
-            mem = self.memory[key] = _Memory(ref=ref, previous_conditions=previous)
+            stored = dict(body.get("status") or {})
+            mem = self.memory[key] = _Memory(ref=ref, previous_conditions=list(stored.get("conditions") or []),
+                                             stored_status=stored)
         return mem
 
     async def event(self, mem: _Memory, reason: str, message: str, *, warning: bool = False) -> None:
         """Log the decision and post it as an Event in the background (never delays a reconcile)."""
         (log.warning if warning else log.info)(message, extra={"object": f"{mem.ref['namespace']}/{mem.ref['name']}",
                                                                "reason": reason})
-        task = asyncio.get_running_loop().create_task(asyncio.to_thread(
-            kube.post_event, self.api, dict(mem.ref), reason=reason, message=message, warning=warning))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        loop = asyncio.get_running_loop()
+        self._spawn(loop.run_in_executor(self._side_pool, partial(
+            kube.post_event, self.api, dict(mem.ref), reason=reason, message=message, warning=warning)))
 
     def forget(self, key: Key) -> None:
         self.memory.pop(key, None)
@@ -140,7 +162,7 @@ class Reconciler:
         generation = int(meta.get("generation") or 0)
         try:
             spec = parse_spec(body.get("spec"))
-            model = await asyncio.to_thread(self.resolver.resolve, spec.model)
+            model = await self.call(self.resolver.resolve, spec.model)
             plan = make_plan(spec, model, default_image=self._default_image(spec.runtime_kind),
                              default_free_mib=self.settings.die_free_mib,
                              extra_policy_rules=self.settings.runtime_policies)
@@ -175,8 +197,13 @@ class Reconciler:
 
     async def _announce_plan(self, mem: _Memory, plan: Plan, fits: st.Condition) -> None:
         old = mem.outcome.plan if mem.outcome is not None else None
+        mem.parity = parity.policy_condition(plan)
         if old is not None and old.hash == plan.hash and old.fits == plan.fits:
             return
+        stored = mem.stored_status
+        if old is None and (stored.get("model") or {}).get("digest") == plan.model.digest \
+                and stored.get("estimate") == plan.estimate_status():
+            return  # a restarted operator found this very plan in the status: nothing new to say
         if old is None or old.model.digest != plan.model.digest:
             await self.event(mem, "ModelResolved", f"{plan.model.name} from the {plan.model.source}: "
                              f"{plan.model.profile.architecture}, {plan.model.profile.block_count} blocks, "
@@ -191,7 +218,6 @@ class Reconciler:
                              f"the model's params layer sets num_ctx {ctx}, which Ollama prefers to "
                              f"OLLAMA_CONTEXT_LENGTH {plan.options.num_ctx}: set spec.options.numCtx to {ctx}",
                              warning=True)
-        mem.parity = parity.policy_condition(plan)
 
     async def _apply(self, mem: _Memory, deployment: dict[str, Any], service: dict[str, Any], plan: Plan) -> None:
         changed = []
@@ -200,7 +226,7 @@ class Reconciler:
             if mem.applied.get(manifest["kind"]) == digest:
                 continue
             try:
-                await asyncio.to_thread(kube.apply, self.api, manifest)
+                await self.call(kube.apply, self.api, manifest)
             except Exception as exc:
                 if kube.transient(exc):
                     raise kopf.TemporaryError(f"applying {manifest['kind']}: {exc}", delay=5) from None
@@ -239,7 +265,7 @@ class Reconciler:
             if st.without_times(status) == mem.written:
                 return
             try:
-                found = await asyncio.to_thread(kube.patch_status, self.api, mem.ref["namespace"], mem.ref["name"],
+                found = await self.call(kube.patch_status, self.api, mem.ref["namespace"], mem.ref["name"],
                                                 status)
             except Exception as exc:
                 if kube.transient(exc):
@@ -256,6 +282,20 @@ class Reconciler:
             self.metrics.set_dies(mem.ref["namespace"], mem.ref["name"], dies["wanted"], dies["placed"],
                                   status["readyReplicas"])
         await self._announce_transitions(mem, old, status["conditions"])
+
+    def request_refresh(self, mem: _Memory, pods: Any, nodes: Any) -> None:
+        """Refresh soon: pod and node events come in bursts (create, bind, run); one status
+        patch per burst is enough."""
+        if mem.refresh_pending:
+            return
+        mem.refresh_pending = True
+
+        async def later() -> None:
+            await asyncio.sleep(REFRESH_DEBOUNCE_S)
+            mem.refresh_pending = False
+            await self.refresh(mem, pods, nodes)
+
+        self._spawn(later())
 
     async def _announce_transitions(self, mem: _Memory, old: Mapping[str, Any], new: Iterable[Mapping[str, Any]]) -> None:
         for cond in new:
@@ -277,7 +317,7 @@ class Reconciler:
         if pod.uid in mem.replaced:
             return
         mem.replaced.add(pod.uid)
-        deleted = await asyncio.to_thread(kube.delete_pod, self.api, pod.namespace, pod.name, pod.uid)
+        deleted = await self.call(kube.delete_pod, self.api, pod.namespace, pod.name, pod.uid)
         if deleted:
             self.metrics.pods_replaced.labels(pod.reason).inc()
             await self.event(mem, "PodReplaced", f"pod {pod.name} failed admission on {pod.node} ({pod.reason}: "
@@ -295,9 +335,10 @@ class Reconciler:
         if not ready:
             return
         port = runtime(plan.runtime).port
-        observations = await asyncio.gather(*(asyncio.to_thread(
+        loop = asyncio.get_running_loop()
+        observations = await asyncio.gather(*(loop.run_in_executor(self._side_pool, partial(
             parity.probe, plan, p.name, f"http://{p.ip}:{port}", timeout_s=self.settings.parity_timeout_s,
-            tolerance_mib=self.settings.parity_tolerance_mib, load_ollama=self.settings.ollama_load)
+            tolerance_mib=self.settings.parity_tolerance_mib, load_ollama=self.settings.ollama_load))
             for p in ready))
         mem.parity = parity.combine(plan, observations)
 
@@ -372,7 +413,7 @@ def build_registry(rec: Reconciler) -> kopf.OperatorRegistry:
         if mem is None:
             return  # not reconciled yet: its reconcile will write the status
         await rec.replace_failed_pod(mem, st.pod_view(body))
-        await rec.refresh(mem, model_pods, node_inventories)
+        rec.request_refresh(mem, model_pods, node_inventories)
 
     seen_inventories: dict[str, str] = {}
 
@@ -387,7 +428,7 @@ def build_registry(rec: Reconciler) -> kopf.OperatorRegistry:
         keys = {key for key, views in model_pods.items() if any(v.node == name for v in views)}
         for key in keys:
             if (mem := rec.memory.get(key)) is not None:
-                await rec.refresh(mem, model_pods, node_inventories)
+                rec.request_refresh(mem, model_pods, node_inventories)
 
     @kopf.on.startup(id="start_recheck", registry=registry)  # type: ignore[arg-type]
     async def start_recheck(model_pods: kopf.Index[Key, st.PodView], node_inventories: kopf.Index[str, Any],
