@@ -397,9 +397,10 @@ def _gib(n: int | None) -> str:
 
 def die_table(rows: Sequence[DieRow], nodes: Sequence[NodeView]) -> Table:
     table = Table(title="nodes → boards → dies", title_justify="left", show_lines=False)
-    for col, justify in (("node", "left"), ("board", "left"), ("die", "right"), ("held by", "left"),
-                         ("layers", "right"), ("est. GiB", "right"), ("pod", "left")):
+    for col, justify in (("node", "left"), ("board", "right"), ("die", "right"), ("held by", "left"),
+                         ("layers", "right"), ("est. GiB", "right")):
         table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    table.add_column("pod", overflow="ellipsis")  # the one to shorten on a narrow terminal
     by_node: dict[str, list[DieRow]] = {}
     for r in rows:
         by_node.setdefault(r.node, []).append(r)
@@ -411,7 +412,7 @@ def die_table(rows: Sequence[DieRow], nodes: Sequence[NodeView]) -> Table:
             continue
         last_board = None
         for i, r in enumerate(node_rows):
-            board = f"{r.board} ({r.serial})" if r.board != last_board else ""
+            board = str(r.board) if r.board != last_board else ""
             last_board = r.board
             if r.state == "unhealthy":
                 holder = Text("unhealthy", style="red")

@@ -263,11 +263,16 @@ def rendered(snapshot: Snapshot, footer: Sequence[str] = ()) -> str:
 
 def test_the_rendered_view_fits_120_columns_and_shows_both_plans() -> None:
     nodes, pods, mds = placed_fixture()
+    long_name = "deepseek-r1-32b-74dc57f59c-xcf12"  # as long as the demo's pod names get
+    pods = [{**p, "metadata": {**p["metadata"], "name": long_name}} if p["metadata"]["name"] == "big-y" else p
+            for p in pods]
+    nodes = [NodeView("k80s-node-0", inventory("a", 2, {0: f"{NS}/small-x", 2: f"{NS}/{long_name}",
+                                                         3: f"{NS}/{long_name}"})), nodes[1]]
     rr = rr_for(("gemma3-4b", "gemma3:4b", 4096), ("gemma3-12b", "gemma3:12b", 4096))
     text = rendered(Snapshot(tuple(nodes), tuple(pods), tuple(mds), rr), ["kubeconfig: /k"])
     assert max(len(line) for line in text.splitlines()) <= 120
     assert "…" not in text  # nothing truncated
-    assert "gemma3-12b (primary)" in text
+    assert "gemma3-12b (primary)" in text and long_name in text
     twelve = text[text.index("gemma3-12b  "):]
     assert "1,48" in twelve and "11.9 (3.3+8.6)" in twelve
     assert "25,24" in twelve and "13.0 (7.7+5.3)" in twelve and "1.1 GiB" in twelve
