@@ -22,7 +22,7 @@ from typing import Any, Final
 
 from k80s.core.annotations import ESTIMATE, MODEL, MODEL_DEPLOYMENT_LABEL, OPTIONS, SAFE_TO_EVICT
 from k80s.operator.plan import Plan
-from k80s.operator.runtimes import LLAMACPP, OLLAMA, runtime
+from k80s.operator.runtimes import LLAMACPP, MULTIPLIER_ENV_POLICIES, OLLAMA, RESERVED_ENV, runtime
 from k80s.operator.spec import API_VERSION, DIE_RESOURCE, KIND, ModelDeploymentSpec
 
 PLAN_HASH: Final = "k80s.io/plan-hash"
@@ -33,24 +33,6 @@ MODELS_VOLUME: Final = "models"
 WEIGHTS_FILE: Final = "model.gguf"
 STARTUP_BUDGET_S: Final = 3600
 """A K80 reads weights over PCIe 3 from a cold cache: allow an hour before the startup probe fails."""
-
-LLAMACPP_PLAN_ENV: Final = (
-    "LLAMA_ARG_N_GPU_LAYERS", "LLAMA_ARG_TENSOR_SPLIT", "LLAMA_ARG_SPLIT_MODE", "LLAMA_ARG_CTX_SIZE",
-    "LLAMA_ARG_N_PARALLEL", "LLAMA_ARG_BATCH", "LLAMA_ARG_UBATCH", "LLAMA_ARG_FLASH_ATTN",
-    "LLAMA_ARG_CACHE_TYPE_K", "LLAMA_ARG_CACHE_TYPE_V", "LLAMA_ARG_MAIN_GPU", "LLAMA_ARG_FIT",
-)
-OLLAMA_PLAN_ENV: Final = (
-    "OLLAMA_CONTEXT_LENGTH", "OLLAMA_NUM_PARALLEL", "OLLAMA_KV_CACHE_TYPE", "OLLAMA_FLASH_ATTENTION",
-    "OLLAMA_MAX_LOADED_MODELS", "OLLAMA_GPU_OVERHEAD", "OLLAMA_SCHED_SPREAD", "OLLAMA_GRAPH_SAFETY_MULTIPLIER",
-)
-MULTIPLIER_ENV_POLICIES: Final = frozenset({"ollama37-2026"})
-"""ollama37 builds that read OLLAMA_GRAPH_SAFETY_MULTIPLIER (estimator.md §13.4)."""
-DEVICE_ENV: Final = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")
-"""Set by the device plugin's Allocate (design.md, Die order); a pod must not override them."""
-
-RESERVED_ENV: Final = frozenset((*LLAMACPP_PLAN_ENV, *OLLAMA_PLAN_ENV, *DEVICE_ENV))
-"""Variables spec.env may not set (the CRD's CEL rule lists the same names; a test compares)."""
-
 
 @dataclass(frozen=True, slots=True)
 class Owner:
@@ -97,6 +79,10 @@ def context_tokens(plan: Plan) -> int:
     if 0 < trained < num_ctx:
         num_ctx = trained
     return num_ctx * plan.options.num_parallel
+
+
+__all__ = ["RESERVED_ENV", "Owner", "PodSettings", "deployment", "service", "plan_env", "container_env",
+           "context_tokens", "fetch_container", "pod_template", "selector", "selector_labels"]
 
 
 def plan_env(plan: Plan) -> dict[str, str]:

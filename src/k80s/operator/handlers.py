@@ -173,6 +173,7 @@ class Reconciler:
                                pods, nodes)
             await self.event(mem, "InvalidModel" if permanent else "ResolveFailed", str(exc), warning=True)
             self.metrics.reconciles.labels("invalid" if permanent else "retry").inc()
+            self.metrics.resolutions.labels(_source_kind(body), "error").inc()
             if permanent:
                 raise kopf.PermanentError(str(exc)) from None
             raise kopf.TemporaryError(str(exc), delay=TRANSIENT_RETRY_S) from None
@@ -369,6 +370,11 @@ class Reconciler:
         await self.refresh(mem, pods, nodes)
 
 
+def _source_kind(body: Mapping[str, Any]) -> str:
+    model = (body.get("spec") or {}).get("model") or {}
+    return next((k for k in ("name", "url", "profile") if model.get(k) is not None), "none")
+
+
 def _inventory(annotations: Mapping[str, str]) -> NodeInventory | None:
     text = annotations.get(DIES_ANNOTATION)
     if not text:
@@ -438,7 +444,7 @@ def build_registry(rec: Reconciler) -> kopf.OperatorRegistry:
         rec.start_recheck(model_pods, node_inventories)
 
     @kopf.on.event(*md, id="forget_on_delete", registry=registry)  # type: ignore[arg-type]
-    def forget_model_deployment(type: str, namespace: str, name: str, **_: Any) -> None:
+    async def forget_model_deployment(type: str, namespace: str, name: str, **_: Any) -> None:
         if type == "DELETED":
             rec.forget((namespace, name))
 

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from k80s.core.units import MIB
-from k80s.operator.children import MULTIPLIER_ENV_POLICIES, context_tokens
+from k80s.operator.children import context_tokens
 from k80s.operator.plan import Plan
-from k80s.operator.runtimes import LLAMACPP
+from k80s.operator.runtimes import LLAMACPP, MULTIPLIER_ENV_POLICIES
 from k80s.operator.status import PLAN_PARITY, Condition
 
 OLLAMA_DEFAULT_BATCH: Final = 512

@@ -42,6 +42,24 @@ RUNTIMES: Final[dict[str, Runtime]] = {
     OLLAMA: Runtime(OLLAMA, 11434, "/", "/root/.ollama/models", own_policy=True),
 }
 
+LLAMACPP_PLAN_ENV: Final = (
+    "LLAMA_ARG_N_GPU_LAYERS", "LLAMA_ARG_TENSOR_SPLIT", "LLAMA_ARG_SPLIT_MODE", "LLAMA_ARG_CTX_SIZE",
+    "LLAMA_ARG_N_PARALLEL", "LLAMA_ARG_BATCH", "LLAMA_ARG_UBATCH", "LLAMA_ARG_FLASH_ATTN",
+    "LLAMA_ARG_CACHE_TYPE_K", "LLAMA_ARG_CACHE_TYPE_V", "LLAMA_ARG_MAIN_GPU", "LLAMA_ARG_FIT",
+)
+"""llama-server variables that carry (or could override) the plan (llm-ecosystem.md §5.1)."""
+OLLAMA_PLAN_ENV: Final = (
+    "OLLAMA_CONTEXT_LENGTH", "OLLAMA_NUM_PARALLEL", "OLLAMA_KV_CACHE_TYPE", "OLLAMA_FLASH_ATTENTION",
+    "OLLAMA_MAX_LOADED_MODELS", "OLLAMA_GPU_OVERHEAD", "OLLAMA_SCHED_SPREAD", "OLLAMA_GRAPH_SAFETY_MULTIPLIER",
+)
+"""Ollama variables its estimator reads (llm-ecosystem.md §4.1, estimator.md §13.4)."""
+DEVICE_ENV: Final = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")
+"""Set by the device plugin's Allocate (design.md, Die order); a pod must not override them."""
+RESERVED_ENV: Final = frozenset((*LLAMACPP_PLAN_ENV, *OLLAMA_PLAN_ENV, *DEVICE_ENV))
+"""Variables spec.env may not set (the CRD's CEL rule lists the same names; a test compares)."""
+MULTIPLIER_ENV_POLICIES: Final = frozenset({"ollama37-2026"})
+"""ollama37 builds that read OLLAMA_GRAPH_SAFETY_MULTIPLIER (estimator.md §13.4)."""
+
 IMAGE_POLICIES: Final[tuple[tuple[str, str], ...]] = (
     # ollama37 built at the seed commit (no release ships it; docs/runtimes.md builds it).
     ("*ollama37*:*241a0340*", "seed-241a0340"),

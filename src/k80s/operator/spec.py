@@ -16,7 +16,7 @@ from typing import Any, Final
 from k80s.core.errors import InvalidSpec
 from k80s.core.options import EstimateOptions, options_from_dict
 from k80s.core.policies import DEFAULT_POLICY
-from k80s.operator.runtimes import LLAMACPP, OLLAMA, RUNTIMES
+from k80s.operator.runtimes import LLAMACPP, OLLAMA, RESERVED_ENV, RUNTIMES
 
 GROUP: Final = "k80s.io"
 VERSION: Final = "v1alpha1"
@@ -198,8 +198,6 @@ def _list_of_mappings(spec: Mapping[str, Any], key: str) -> Sequence[Mapping[str
 
 
 def _env(raw: Any) -> list[Mapping[str, Any]]:
-    from k80s.operator.children import RESERVED_ENV  # the names the plan owns
-
     items = raw or []
     if not isinstance(items, list):
         raise InvalidSpec("spec.env", "expected a list of {name, value}")
