@@ -34,6 +34,7 @@ from k80s.core.fit import (
     request_for_pod,
     score_for_rank,
     score_nodes,
+    scores_from_order,
 )
 from k80s.core.inventory import UNHEALTHY, DieInfo, simulated_dies
 from k80s.core.options import EstimateOptions
@@ -320,6 +321,10 @@ def test_score_for_rank_spreads_over_9_to_0() -> None:
     assert [score_for_rank(r, 11) for r in range(11)] == [10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0]
     assert [score_for_rank(r, 12) for r in range(12)] == [10, 9, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0]
     assert all(0 <= score_for_rank(r, 5000) <= 9 for r in range(1, 5000))
+    for count in (1, 2, 3, 11, 12, 997):
+        order = [f"n{i}" for i in range(count)]
+        assert scores_from_order([*order, "refused"], order) == {
+            **{n: score_for_rank(r, count) for r, n in enumerate(order)}, "refused": 0}
 
 
 # ------------------------------------------------------------------------------------------------

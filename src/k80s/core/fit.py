@@ -709,8 +709,12 @@ def score_for_rank(rank: int, count: int) -> int:
 def scores_from_order(names: Iterable[str], order: Sequence[str]) -> dict[str, int]:
     """0 for every node of `names`, then 10, 9..0 down `order` (the fitting nodes, best first)."""
     scores = dict.fromkeys(names, 0)
-    for r, name in enumerate(order):
-        scores[name] = score_for_rank(r, len(order))
+    if order:
+        scores[order[0]] = MAX_SCORE
+        span = len(order) - 1
+        # score_for_rank inlined: this runs per node on the prioritize hot path
+        scores.update({name: (MAX_SCORE - 1) - (MAX_SCORE * (r - 1)) // span
+                       for r, name in enumerate(order[1:], 1)})
     return scores
 
 
