@@ -46,7 +46,7 @@ G4 = catalogue.lookup("gemma3:4b")
 NEED_4096 = "needs one die with > 8.6 GiB and one with > 3.3 GiB free"
 
 
-def annotations(ctx: int, runtime: str = "llamacpp", model: str = "gemma3:12b", **extra: str) -> dict[str, str]:
+def plan_for(ctx: int, runtime: str = "llamacpp", model: str = "gemma3:12b", **extra: str) -> dict[str, str]:
     profile = catalogue.lookup(model)
     return {
         MODEL: encode_model(model, profile),
@@ -56,7 +56,7 @@ def annotations(ctx: int, runtime: str = "llamacpp", model: str = "gemma3:12b", 
 
 
 def gemma12(ctx: int, dies: int, runtime: str = "llamacpp") -> FitRequest:
-    return request_for_pod(dies, annotations(ctx, runtime))
+    return request_for_pod(dies, plan_for(ctx, runtime))
 
 
 def node(boards: int = 1, name: str = "node-a") -> tuple[DieInfo, ...]:
@@ -236,7 +236,7 @@ def test_request_without_annotations_is_plain() -> None:
 def test_plan_free_mib_comes_from_the_estimate_annotation() -> None:
     assert plan_free_mib({}) == PLAN_FREE_MIB == 11366
     assert plan_free_mib({ESTIMATE: '{"planFreeMiB":11000,"fits":true}'}) == 11000
-    r = request_for_pod(1, annotations(2048, **{ESTIMATE: '{"planFreeMiB":11000}'}))
+    r = request_for_pod(1, plan_for(2048, **{ESTIMATE: '{"planFreeMiB":11000}'}))
     assert r.plan_free_mib == 11000
     # planned on 11000-MiB dies, gemma3:12b at 2048 no longer fits one die: every node refuses
     assert fit_node(r, node(1)).refusal is Refusal.PLAN_DOES_NOT_FIT
@@ -257,7 +257,7 @@ def test_plan_free_mib_comes_from_the_estimate_annotation() -> None:
 )
 def test_invalid_annotations_name_annotation_and_field(dies: int, extra: dict[str, str], where: str) -> None:
     with pytest.raises(InvalidSpec) as info:
-        request_for_pod(dies, annotations(2048, **extra))
+        request_for_pod(dies, plan_for(2048, **extra))
     assert str(info.value).startswith(where)
 
 
@@ -381,8 +381,8 @@ bound_pod_lists = st.lists(st.builds(BoundPod, st.sampled_from(["ns/p", "ns/q", 
 
 REQUESTS = [
     FitRequest(1), FitRequest(2),
-    request_for_pod(1, annotations(2048)), request_for_pod(2, annotations(4096)),
-    request_for_pod(2, annotations(4096, "ollama")), request_for_pod(1, annotations(4096, model="gemma3:4b")),
+    request_for_pod(1, plan_for(2048)), request_for_pod(2, plan_for(4096)),
+    request_for_pod(2, plan_for(4096, "ollama")), request_for_pod(1, plan_for(4096, model="gemma3:4b")),
 ]
 requests = st.sampled_from(REQUESTS)
 

@@ -138,9 +138,13 @@ def test_informer_relists_on_410_gone_and_on_expired_watch_errors() -> None:
         raise ApiException(status=500, reason="stop here")
 
     cache = ClusterCache()
-    informer = Informer(NODES, list_call, lambda items: (lists.append([i["metadata"]["name"] for i in items]),
-                                                         cache.replace_nodes(items)),
-                        lambda kind, obj: cache.upsert_node(obj), lambda: cache.mark_synced(NODES))
+
+    def on_list(items: list[dict[str, Any]]) -> None:
+        lists.append([i["metadata"]["name"] for i in items])
+        cache.replace_nodes(items)
+
+    informer = Informer(NODES, list_call, on_list, lambda kind, obj: cache.upsert_node(obj),
+                        lambda: cache.mark_synced(NODES))
     informer.start()
     try:
         assert done.wait(10)

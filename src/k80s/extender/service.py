@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Hashable, Iterator, Mapping, MutableMapping
+from collections.abc import Hashable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -26,7 +26,6 @@ from k80s.core.annotations import ESTIMATE, MODEL, OPTIONS
 from k80s.core.errors import InvalidInput, InvalidSpec
 from k80s.core.fit import (
     FitRequest,
-    NodeView,
     VectorGroup,
     decide_groups,
     group_reasons,
