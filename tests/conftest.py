@@ -22,7 +22,13 @@ from kubernetes.client.exceptions import ApiException
 
 from k80s.localcluster import binaries
 from k80s.localcluster.controlplane import ControlPlane
-from k80s.localcluster.kubelet import DeviceManagerFactory, SimulatedNode, start_simulated_nodes, stop_simulated_nodes
+from k80s.localcluster.kubelet import (
+    ContainerRunnerFactory,
+    DeviceManagerFactory,
+    SimulatedNode,
+    start_simulated_nodes,
+    stop_simulated_nodes,
+)
 
 LOG_TAIL_LINES = 50
 
@@ -134,10 +140,11 @@ def rbac_client(
 
 @pytest.fixture
 def nodes(control_plane: ControlPlane, admin: kubernetes.client.ApiClient) -> Iterator[Callable[..., list[SimulatedNode]]]:
-    """Factory: `nodes(shape="2xK80", count=1, device_manager_factory=None, labels=None)` →
-    started simulated nodes (`.name`, `.kubelet`, `.root`). Each has its own kubelet, API
-    client and short root directory. Afterwards the pods bound to them are deleted while the
-    kubelets still run, then the kubelets stop and the Nodes are deleted."""
+    """Factory: `nodes(shape="2xK80", count=1, device_manager_factory=None, labels=None,
+    container_runner_factory=None)` → started simulated nodes (`.name`, `.kubelet`, `.root`).
+    Each has its own kubelet, API client and short root directory (and container runner).
+    Afterwards the pods bound to them are deleted while the kubelets still run, then the
+    kubelets stop and the Nodes are deleted."""
     created: list[SimulatedNode] = []
 
     def make(
@@ -145,10 +152,12 @@ def nodes(control_plane: ControlPlane, admin: kubernetes.client.ApiClient) -> It
         count: int = 1,
         device_manager_factory: DeviceManagerFactory | None = None,
         labels: Mapping[str, str] | None = None,
+        container_runner_factory: ContainerRunnerFactory | None = None,
     ) -> list[SimulatedNode]:
         prefix = f"sim-{secrets.token_hex(3)}"
         names = [f"{prefix}-{i}" for i in range(count)]
-        started = start_simulated_nodes(control_plane.api_client, names, shape, device_manager_factory, labels)
+        started = start_simulated_nodes(control_plane.api_client, names, shape, device_manager_factory, labels,
+                                        container_runner_factory)
         created.extend(started)
         return started
 

@@ -4,7 +4,10 @@ Owns the pod side of a kubelet for one node: it registers the Node, watches the 
 (`spec.nodeName=<node>`), admits each new pod once in order of arrival, marks admitted pods
 Running/Ready (so Deployments become available), fails rejected ones the way kubelet does, frees
 the dies of pods that end, and makes the final delete of pods being deleted. It runs no
-containers.
+containers itself: with a `container_runner` (`k80s.localcluster.runner.LocalProcessRunner`) an
+admitted pod whose images the runner knows is started as local processes and reported
+Running/Ready only once its readiness probes pass; its processes stop when the pod ends and when
+the kubelet stops.
 
 Two modes:
 - **static** (no device manager): fixed `k80s.io/die` capacity/allocatable = 2 × boards and the
@@ -39,6 +42,7 @@ from kubernetes.client.exceptions import ApiException
 from k80s.core.inventory import parse_node_shape
 from k80s.localcluster import nodes
 from k80s.localcluster.devicemanager import ALLOCATE_ANNOTATION, DIE_RESOURCE, Admission, DeviceManager, pod_die_request
+from k80s.localcluster.runner import ContainerRunner
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,9 @@ TERMINAL_PHASES: Final = frozenset({"Succeeded", "Failed"})
 
 DeviceManagerFactory = Callable[[str, Path], DeviceManager]
 """Builds the device manager of one node from (node name, node root directory)."""
+
+ContainerRunnerFactory = Callable[[str, Path], ContainerRunner]
+"""Builds the container runner of one node from (node name, node root directory)."""
 
 
 @dataclass
@@ -84,9 +91,12 @@ class SimulatedKubelet:
         *,
         labels: Mapping[str, str] | None = None,
         watch_timeout_s: int = WATCH_TIMEOUT_S,
+        container_runner: ContainerRunner | None = None,
     ) -> None:
         """`root`: this node's short directory (from `tempfile.mkdtemp()`; unix socket paths are
-        limited to ~107 bytes). It gets `device-plugins/` and `pod-resources/` like kubelet's."""
+        limited to ~107 bytes). It gets `device-plugins/` and `pod-resources/` like kubelet's.
+        `container_runner`: runs admitted pods' containers (None: no processes, pods are reported
+        Running/Ready at admission)."""
         if boards < 1:
             raise ValueError(f"boards must be >= 1, got {boards}")
         self.api_client = api_client
@@ -95,6 +105,7 @@ class SimulatedKubelet:
         self.root = Path(root)
         self.device_manager = device_manager
         self.labels = dict(labels or {})
+        self.container_runner = container_runner
         self._core = kubernetes.client.CoreV1Api(api_client)
         self._watch_timeout_s = watch_timeout_s
         self._pods: dict[str, _PodRecord] = {}
@@ -147,6 +158,8 @@ class SimulatedKubelet:
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
+        if self.container_runner is not None:
+            self.container_runner.stop()
         if self.device_manager is not None:
             self.device_manager.stop()
 
@@ -328,7 +341,13 @@ class SimulatedKubelet:
         with self._lock:
             record.dies = need
             record.active = True
-        self._mark_running(pod)
+        if self.container_runner is None or not self.container_runner.start_pod(pod, lambda: self._report_ready(record, pod)):
+            self._mark_running(pod)
+
+    def _report_ready(self, record: _PodRecord, pod: Mapping[str, Any]) -> None:
+        """The runner's processes passed their readiness probes (called from its thread)."""
+        if record.active:
+            self._mark_running(pod)
 
     def _device_admit(self, pod: Mapping[str, Any]) -> Admission:
         assert self.device_manager is not None
@@ -343,6 +362,8 @@ class SimulatedKubelet:
             was_device = record.device_admitted
             record.active = False
             record.device_admitted = False
+        if self.container_runner is not None:
+            self.container_runner.stop_pod(record.uid)
         if was_device and self.device_manager is not None:
             self.device_manager.release(record.uid)
 
@@ -477,15 +498,18 @@ def start_simulated_nodes(
     shape: str = "2xK80",
     device_manager_factory: DeviceManagerFactory | None = None,
     labels: Mapping[str, str] | None = None,
+    container_runner_factory: ContainerRunnerFactory | None = None,
 ) -> list[SimulatedNode]:
-    """Register and start one simulated node per name (each kubelet gets its own API client)."""
+    """Register and start one simulated node per name (each kubelet gets its own API client;
+    with `container_runner_factory`, its own container runner)."""
     boards = parse_node_shape(shape)
     started: list[SimulatedNode] = []
     try:
         for name in names:
             root = Path(tempfile.mkdtemp(prefix="k80s-"))
             manager = device_manager_factory(name, root) if device_manager_factory else None
-            kubelet = SimulatedKubelet(client_factory(), name, boards, root, manager, labels=labels)
+            runner = container_runner_factory(name, root) if container_runner_factory else None
+            kubelet = SimulatedKubelet(client_factory(), name, boards, root, manager, labels=labels, container_runner=runner)
             node = SimulatedNode(name=name, boards=boards, root=root, kubelet=kubelet)
             started.append(node)
             kubelet.start()
