@@ -1,0 +1,1 @@
+"""Deployment files shipped inside the package (the canonical scheduler configuration)."""
