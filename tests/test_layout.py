@@ -7,7 +7,6 @@ and `import operator, collections` must work even though `operator/` is a top-le
 from __future__ import annotations
 
 import subprocess
-import sys
 import venv
 from pathlib import Path
 

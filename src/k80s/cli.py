@@ -18,7 +18,7 @@ from k80s.core.estimate import DieCapacity, Estimate
 from k80s.core.inventory import CONTEXT_RESERVE_MIB, IDLE_USED_MIB, K80_TOTAL_MIB, parse_node_shape
 from k80s.core.options import KV_CACHE_TYPES, EstimateOptions
 from k80s.core.policies import ALIASES, POLICIES
-from k80s.core.selection import idle_dies, select_dies
+from k80s.core.selection import select_dies
 from k80s.core.units import MIB
 from k80s.estimate_view import render, render_comparison
 from k80s.localcluster.cli import cluster

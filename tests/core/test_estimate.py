@@ -12,7 +12,7 @@ import yaml
 from k80s.core.estimate import MINIMUM_MEMORY, DieCapacity, estimate
 from k80s.core.graph import graph_size, vision_graph_size
 from k80s.core.options import EstimateOptions
-from k80s.core.selection import idle_dies, select_dies
+from k80s.core.selection import select_dies
 from tests.core.models import ds14, ds32, g12
 
 VECTORS: dict[str, Any] = yaml.safe_load((Path(__file__).parent / "data" / "acceptance.yaml").read_text())

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from k80s import catalogue
-from k80s.core.annotations import ESTIMATE, MODEL, OPTIONS, encode_model, encode_options
+from k80s.core.annotations import ESTIMATE, MODEL, OPTIONS, decode_plan_free_mib, encode_model, encode_options
 from k80s.core.errors import InvalidSpec
 from k80s.core.fit import (
     PLAN_FREE_MIB,
@@ -29,7 +29,6 @@ from k80s.core.fit import (
     fit_nodes,
     idle_free_mib,
     node_view,
-    plan_free_mib,
     rank_order,
     request_for_pod,
     score_for_rank,
@@ -234,8 +233,8 @@ def test_request_without_annotations_is_plain() -> None:
 
 
 def test_plan_free_mib_comes_from_the_estimate_annotation() -> None:
-    assert plan_free_mib({}) == PLAN_FREE_MIB == 11366
-    assert plan_free_mib({ESTIMATE: '{"planFreeMiB":11000,"fits":true}'}) == 11000
+    assert decode_plan_free_mib({}) == PLAN_FREE_MIB == 11366
+    assert decode_plan_free_mib({ESTIMATE: '{"planFreeMiB":11000,"fits":true}'}) == 11000
     r = request_for_pod(1, plan_for(2048, **{ESTIMATE: '{"planFreeMiB":11000}'}))
     assert r.plan_free_mib == 11000
     # planned on 11000-MiB dies, gemma3:12b at 2048 no longer fits one die: every node refuses

@@ -233,7 +233,7 @@ def test_health_and_metrics_endpoints() -> None:
         text = urllib.request.urlopen(base + "/metrics").read().decode()
         u = h.uuids()
         assert f'k80s_plugin_die_free_mib{{board="{h.plugin.monitor.state().dies[0].identity.board}",index="0",uuid="{u[0]}"}} 11366.0' in text
-        assert f'k80s_plugin_die_healthy{{board=' in text and f'uuid="{u[0]}"}} 0.0' in text
+        assert 'k80s_plugin_die_healthy{board=' in text and f'uuid="{u[0]}"}} 0.0' in text
         assert f'k80s_plugin_xid_events_total{{critical="true",uuid="{u[0]}",xid="32"}} 1.0' in text
         assert f'k80s_plugin_xid_events_total{{critical="false",uuid="{u[0]}",xid="13"}} 1.0' in text
         assert 'k80s_plugin_registrations_total{outcome="ok"} 1.0' in text

@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from k80s.core.errors import InvalidSpec
 from k80s.core.estimate import Estimate
+from k80s.core.inventory import CONTEXT_RESERVE_MIB, IDLE_USED_MIB, K80_TOTAL_MIB
 from k80s.core.options import EstimateOptions, options_from_dict
 from k80s.core.profile import ModelProfile
 
@@ -24,6 +25,8 @@ MODEL: Final = "k80s.io/model"
 OPTIONS: Final = "k80s.io/options"
 ESTIMATE: Final = "k80s.io/estimate"
 MODEL_DEPLOYMENT_LABEL: Final = "k80s.io/model-deployment"
+IDLE_DIE_FREE_MIB: Final = K80_TOTAL_MIB - IDLE_USED_MIB - CONTEXT_RESERVE_MIB
+"""11366: what plans assume per die when `planFreeMiB` is absent (an idle die)."""
 SAFE_TO_EVICT: Final = "cluster-autoscaler.kubernetes.io/safe-to-evict"
 
 
@@ -106,3 +109,26 @@ def decode_pod_plan(annotations: Mapping[str, str] | None) -> PodPlan | None:
     model = decode_model(annotations[MODEL])
     options, runtime = options_from_dict(_load(annotations, OPTIONS), OPTIONS)
     return PodPlan(model=model, options=options, runtime=runtime or "llamacpp")
+
+
+def decode_plan_free_mib(annotations: Mapping[str, str] | None) -> int:
+    """`planFreeMiB` of the `k80s.io/estimate` annotation, or 11366 when the annotation is absent.
+
+    Only this field is read (see the module docstring); a present but broken value is an error
+    naming the annotation and field.
+    """
+    text = (annotations or {}).get(ESTIMATE)
+    if text is None:
+        return IDLE_DIE_FREE_MIB
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise InvalidSpec(ESTIMATE, f"not valid JSON ({exc})") from None
+    if not isinstance(data, Mapping):
+        raise InvalidSpec(ESTIMATE, "expected a JSON object")
+    value = data.get("planFreeMiB")
+    if value is None:
+        return IDLE_DIE_FREE_MIB
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise InvalidSpec(f"{ESTIMATE}.planFreeMiB", f"must be a positive integer, got {value!r}")
+    return value

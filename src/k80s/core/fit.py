@@ -55,22 +55,21 @@ vector share one estimator run.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Hashable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Final
 
-from k80s.core.annotations import ESTIMATE, MODEL, OPTIONS, PodPlan, decode_pod_plan
+from k80s.core.annotations import IDLE_DIE_FREE_MIB, MODEL, OPTIONS, PodPlan, decode_plan_free_mib, decode_pod_plan
 from k80s.core.errors import InvalidSpec
 from k80s.core.estimate import DieCapacity, Estimate, estimate
-from k80s.core.inventory import CONTEXT_RESERVE_MIB, IDLE_USED_MIB, K80_TOTAL_MIB, DieInfo, NodeInventory
+from k80s.core.inventory import IDLE_USED_MIB, DieInfo, NodeInventory
 from k80s.core.placement import BoundPod, preferred_dies, taken_dies
 from k80s.core.selection import idle_dies, select_dies
 from k80s.core.units import GIB, MIB
 
-PLAN_FREE_MIB: Final = K80_TOTAL_MIB - IDLE_USED_MIB - CONTEXT_RESERVE_MIB
+PLAN_FREE_MIB: Final = IDLE_DIE_FREE_MIB
 """11366: what the operator plans on when `planFreeMiB` is absent (an idle die)."""
 
 MAX_SCORE: Final = 10
@@ -118,29 +117,6 @@ def effective_die_request(app_containers: Sequence[int], init_containers: Sequen
     return max(max(init_containers, default=0), sum(app_containers))
 
 
-def plan_free_mib(annotations: Mapping[str, str] | None) -> int:
-    """`planFreeMiB` of the `k80s.io/estimate` annotation, or 11366 when the annotation is absent.
-
-    Only this field is read (see the module docstring); a present but broken value is an error
-    naming the annotation and field.
-    """
-    text = (annotations or {}).get(ESTIMATE)
-    if text is None:
-        return PLAN_FREE_MIB
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise InvalidSpec(ESTIMATE, f"not valid JSON ({exc})") from None
-    if not isinstance(data, Mapping):
-        raise InvalidSpec(ESTIMATE, "expected a JSON object")
-    value = data.get("planFreeMiB")
-    if value is None:
-        return PLAN_FREE_MIB
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise InvalidSpec(f"{ESTIMATE}.planFreeMiB", f"must be a positive integer, got {value!r}")
-    return value
-
-
 def request_for_pod(dies: int, annotations: Mapping[str, str] | None) -> FitRequest:
     """The fit request of a pod from its die request and annotations.
 
@@ -157,7 +133,7 @@ def request_for_pod(dies: int, annotations: Mapping[str, str] | None) -> FitRequ
         raise InvalidSpec(f"{OPTIONS}.kvCacheType", f"must be f16 on K80 (got {plan.options.kv_cache_type!r})")
     if dies < 1:
         raise InvalidSpec(MODEL, "the pod carries a k80s plan but requests no k80s.io/die")
-    return FitRequest(dies=dies, plan=plan, plan_free_mib=plan_free_mib(annotations))
+    return FitRequest(dies=dies, plan=plan, plan_free_mib=decode_plan_free_mib(annotations))
 
 
 # ==================================================================================================
