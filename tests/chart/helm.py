@@ -64,7 +64,7 @@ class Rendered:
 
 
 def container(workload: Mapping[str, Any], name: str) -> dict[str, Any]:
-    found = [c for c in workload["spec"]["template"]["spec"]["containers"] if c["name"] == name]
+    found: list[dict[str, Any]] = [c for c in workload["spec"]["template"]["spec"]["containers"] if c["name"] == name]
     assert found, f"no container {name} in {workload['metadata']['name']}"
     return found[0]
 

@@ -18,6 +18,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,7 @@ def alive(pid: int) -> bool:
     return status.exists() and "zombie" not in status.read_text().lower()
 
 
-def inventory(core: kubernetes.client.CoreV1Api, node: str) -> NodeInventory | None:
+def inventory(core: Any, node: str) -> NodeInventory | None:
     raw = (core.read_node(node).metadata.annotations or {}).get("k80s.io/dies")
     return NodeInventory.from_json(raw) if raw else None
 
@@ -89,7 +90,7 @@ def test_helm_install_runs_every_component_schedules_a_model_and_uninstalls_clea
     control_plane: ControlPlane, admin: kubernetes.client.ApiClient, kube_tools: KubeTools, k8s_bins: Path,
     nodes: Callable[..., list[SimulatedNode]], namespace: str,
 ) -> None:
-    core = kubernetes.client.CoreV1Api(admin)
+    core: Any = kubernetes.client.CoreV1Api(admin)
     runners: list[LocalProcessRunner] = []
 
     def runner_for(name: str, root: Path) -> LocalProcessRunner:
@@ -128,15 +129,16 @@ def test_helm_install_runs_every_component_schedules_a_model_and_uninstalls_clea
     for name in names:
         node = core.read_node(name)
         assert node.status.allocatable[DIE_RESOURCE] == "4"
-        inv = wait.wait_for(lambda n=name: inventory(core, n), what=f"k80s.io/dies on {name}", timeout_s=60)
-        assert len(inv.dies) == 4 and node.metadata.labels["k80s.io/dies"] == "4"
+        published = wait.wait_for(partial(inventory, core, name), what=f"k80s.io/dies on {name}", timeout_s=60)
+        assert len(published.dies) == 4 and node.metadata.labels["k80s.io/dies"] == "4"
 
     # Leader election in the release namespace.
-    coordination = kubernetes.client.CoordinationV1Api(admin)
+    coordination: Any = kubernetes.client.CoordinationV1Api(admin)
     for lease in RUNTIME_LEASES:
-        held = wait.wait_for(lambda n=lease: coordination.read_namespaced_lease(n, namespace).spec.holder_identity,
-                             what=f"Lease {lease}", timeout_s=60)
-        assert held
+        def holder(name: str = lease) -> Any:
+            return coordination.read_namespaced_lease(name, namespace).spec.holder_identity
+
+        assert wait.wait_for(holder, what=f"Lease {lease}", timeout_s=60)
 
     # -- a ModelDeployment: planned by the operator, placed by the release's scheduler -------------
     run(kube_tools, kubectl, "apply", "-n", namespace, "-f", str(EXAMPLE))
@@ -187,9 +189,9 @@ def test_helm_install_runs_every_component_schedules_a_model_and_uninstalls_clea
 
     def release_objects() -> list[str]:
         left = []
-        apps = kubernetes.client.AppsV1Api(admin)
-        rbac = kubernetes.client.RbacAuthorizationV1Api(admin)
-        policy = kubernetes.client.PolicyV1Api(admin)
+        apps: Any = kubernetes.client.AppsV1Api(admin)
+        rbac: Any = kubernetes.client.RbacAuthorizationV1Api(admin)
+        policy: Any = kubernetes.client.PolicyV1Api(admin)
         for ns in (namespace, "kube-system"):
             listings = [core.list_namespaced_pod, core.list_namespaced_service, core.list_namespaced_config_map,
                         core.list_namespaced_service_account, core.list_namespaced_secret, apps.list_namespaced_deployment,
@@ -209,7 +211,7 @@ def test_helm_install_runs_every_component_schedules_a_model_and_uninstalls_clea
     assert all(r.pids() == [] for r in runners)
 
     # The CRD stays (helm never deletes crds/), and so do the run-time Leases; nothing else.
-    extensions = kubernetes.client.ApiextensionsV1Api(admin)
+    extensions: Any = kubernetes.client.ApiextensionsV1Api(admin)
     assert extensions.read_custom_resource_definition(CRD).metadata.name == CRD
     leases = {lease.metadata.name for lease in coordination.list_namespaced_lease(namespace).items}
     assert leases <= RUNTIME_LEASES
@@ -258,7 +260,7 @@ def test_the_kubelet_reports_a_run_pod_ready_only_after_its_probe_and_stops_it_o
     control_plane: ControlPlane, admin: kubernetes.client.ApiClient, k8s_bins: Path,
     nodes: Callable[..., list[SimulatedNode]], namespace: str,
 ) -> None:
-    core = kubernetes.client.CoreV1Api(admin)
+    core: Any = kubernetes.client.CoreV1Api(admin)
     runners: list[LocalProcessRunner] = []
 
     def runner_for(name: str, root: Path) -> LocalProcessRunner:

@@ -167,7 +167,7 @@ def test_plugin_nvml_by_cdi_and_by_host_path() -> None:
 
 
 def test_plugin_custom_placement_kubelet_root_and_startup_taint(tmp_path: Path) -> None:
-    values = {"plugin": {
+    values: dict[str, Any] = {"plugin": {
         "nodeSelector": {"node.example.com/gpu": "k80", "nvidia.com/gpu.family": None},  # null drops a default key
         "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoExecute"}],
         "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
