@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from k80s.core.errors import InvalidInput, K80sError
-from k80s.extender import logfmt
+from k80s import logs
 from k80s.extender import settings as extender_settings
 from k80s.extender.server import ApiClientFactory, ExtenderServer
 from k80s.extender.settings import ExtenderSettings
@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InvalidInput as exc:
         print(f"k80s-extender: error: {exc}", file=sys.stderr)
         return 2
-    logfmt.configure(s.log_format, s.log_level)
+    logs.configure(s.log_format, s.log_level)
     # Informer threads parse watch events while requests wait: hand the GIL over every 0.5 ms
     # instead of 5 ms, so a request never queues behind a burst of events for long.
     sys.setswitchinterval(SWITCH_INTERVAL_S)

@@ -8,19 +8,15 @@ variable. `describe()` gives the table printed by `--help` and extender/README.m
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
-from typing import Any, Final
+from dataclasses import dataclass
+from typing import Final
 
 from k80s.core.errors import InvalidSpec
+from k80s.settings import SettingsLoader
+from k80s.settings import setting as _doc
 
 ENV_PREFIX: Final = "K80S_EXTENDER_"
 PROG: Final = "k80s-extender"
-
-
-def _doc(text: str, **kw: Any) -> Any:
-    return field(metadata={"doc": text}, **kw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,89 +58,24 @@ class ExtenderSettings:
         "call.", default="INFO")
 
 
-def flag_name(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def env_name(name: str) -> str:
-    return ENV_PREFIX + name.upper()
-
-
-def describe() -> list[tuple[str, str, str, str]]:
-    """(flag, env, default, doc) for every setting."""
-    defaults = ExtenderSettings()
-    return [(flag_name(f.name), env_name(f.name), str(getattr(defaults, f.name)), f.metadata["doc"])
-            for f in fields(ExtenderSettings)]
-
-
-class _ParseError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # never sys.exit inside a pure loader
-        raise _ParseError(message)
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, add_help=False,
-                     description="k80s scheduler extender: filter and prioritize verbs for kube-scheduler.")
-    defaults = ExtenderSettings()
-    for f in fields(ExtenderSettings):
-        parser.add_argument(flag_name(f.name), dest=f.name, default=None, metavar="VALUE",
-                            help=f"{f.metadata['doc']} [env {env_name(f.name)}; default {getattr(defaults, f.name)}]")
-    return parser
-
-
-def help_text() -> str:
-    return _parser().format_help()
-
-
-_INTS: Final = {"port", "metrics_port", "memo_entries", "request_entries", "workers", "watch_timeout_s"}
-
-
-def load(argv: Sequence[str], environ: Mapping[str, str]) -> ExtenderSettings:
-    """Settings from flags and the environment (flags win). Pure."""
-    try:
-        args = _parser().parse_args(list(argv))
-    except _ParseError as exc:
-        raise InvalidSpec(PROG, str(exc)) from None
-    values: dict[str, Any] = {}
-    for f in fields(ExtenderSettings):
-        raw = getattr(args, f.name)
-        if raw is None:
-            raw = environ.get(env_name(f.name))
-        if raw is None:
-            continue
-        text = str(raw).strip()
-        if f.name in _INTS:
-            try:
-                values[f.name] = int(text)
-            except ValueError:
-                raise InvalidSpec(_where(f.name), f"{raw!r} is not an integer") from None
-        else:
-            values[f.name] = text
-    settings = ExtenderSettings(**values)
-    _validate(settings)
-    return settings
-
-
-def _where(name: str) -> str:
-    return f"{flag_name(name)} / {env_name(name)}"
-
-
 def _validate(s: ExtenderSettings) -> None:
-    for name in ("port", "metrics_port"):
-        if not 0 <= getattr(s, name) <= 65535:
-            raise InvalidSpec(_where(name), f"{getattr(s, name)} is not a TCP port (0..65535)")
+    LOADER.check_port(s, "port")
+    LOADER.check_port(s, "metrics_port")
     for name in ("memo_entries", "request_entries", "workers", "watch_timeout_s"):
         if getattr(s, name) < 1:
-            raise InvalidSpec(_where(name), f"{getattr(s, name)} must be ≥ 1")
+            raise InvalidSpec(LOADER.where(name), f"{getattr(s, name)} must be ≥ 1")
     if not s.url_prefix.startswith("/") or s.url_prefix.endswith("/"):
-        raise InvalidSpec(_where("url_prefix"), f"{s.url_prefix!r} must start with '/' and not end with one")
+        raise InvalidSpec(LOADER.where("url_prefix"), f"{s.url_prefix!r} must start with '/' and not end with one")
     if not s.address:
-        raise InvalidSpec(_where("address"), "must not be empty")
-    if s.log_format not in ("text", "json"):
-        raise InvalidSpec(_where("log_format"), f"{s.log_format!r} is not 'text' or 'json'")
-    if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise InvalidSpec(_where("log_level"), f"{s.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
+        raise InvalidSpec(LOADER.where("address"), "must not be empty")
+    LOADER.check_logging(s)
+
+
+LOADER: Final = SettingsLoader(
+    ExtenderSettings,
+    prog=PROG,
+    env_prefix=ENV_PREFIX,
+    description="k80s scheduler extender: filter and prioritize verbs for kube-scheduler.",
+    validate=_validate,
+)
+flag_name, env_name, describe, help_text, load = LOADER.flag, LOADER.env, LOADER.describe, LOADER.help_text, LOADER.load

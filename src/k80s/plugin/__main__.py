@@ -7,7 +7,6 @@ with one line naming the flag.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -17,6 +16,7 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
+from k80s import logs
 from k80s.core.errors import InvalidInput, K80sError
 from k80s.plugin import settings as plugin_settings
 from k80s.plugin.backend import DieBackend
@@ -24,37 +24,8 @@ from k80s.plugin.settings import PluginSettings
 
 log = logging.getLogger("k80s.plugin")
 
-_STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
-
-
-class _Formatter(logging.Formatter):
-    """Constant message, data in fields (style.md §6): text `msg key=value …` or one JSON object."""
-
-    def __init__(self, json_lines: bool) -> None:
-        super().__init__()
-        self._json = json_lines
-
-    def format(self, record: logging.LogRecord) -> str:
-        fields = {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS}
-        when = self.formatTime(record, "%Y-%m-%dT%H:%M:%S")
-        if self._json:
-            out = {"time": when, "level": record.levelname, "logger": record.name, "msg": record.getMessage(), **fields}
-            if record.exc_info:
-                out["exc"] = self.formatException(record.exc_info)
-            return json.dumps(out, default=str)
-        text = f"{when} {record.levelname:<7} {record.name}: {record.getMessage()}"
-        text += "".join(f" {k}={v}" for k, v in fields.items())
-        if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
-        return text
-
-
 def configure_logging(s: PluginSettings) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter(s.log_format == "json"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(s.log_level.upper())
+    logs.configure(s.log_format, s.log_level)
 
 
 def make_backend(s: PluginSettings) -> DieBackend:

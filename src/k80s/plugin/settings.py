@@ -7,15 +7,15 @@ so tests pass a list and a dict. Bad values raise `InvalidSpec` naming the flag 
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from k80s.core.errors import InvalidSpec
 from k80s.core.inventory import CONTEXT_RESERVE_MIB
 from k80s.plugin.health import APPLICATION_XIDS, DEFAULT_RECOVERY_S, STICKY_XIDS
+from k80s.settings import SettingsLoader
+from k80s.settings import setting as _doc
 
 __all__ = ["APPLICATION_XIDS", "RESOURCE_NAME", "STICKY_XIDS", "PluginSettings", "describe", "load"]
 
@@ -24,10 +24,6 @@ RESOURCE_NAME: Final = "k80s.io/die"
 """The extended resource the plugin registers (design.md, Names). Not a setting: the extender,
 the operator and the chart all count this name."""
 
-
-
-def _doc(text: str, **kw: Any) -> Any:
-    return field(metadata={"doc": text}, **kw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,134 +107,49 @@ class PluginSettings:
         return self.kubelet_root / "pod-resources" / "kubelet.sock"
 
 
-def flag_name(name: str) -> str:
-    return "--" + name.replace("_", "-")
+def _xids(raw: str) -> frozenset[int]:
+    parts = [p.strip() for p in raw.split(",") if p.strip()]
+    bad = [p for p in parts if not p.isdigit()]
+    if bad:
+        raise ValueError(f"{bad[0]!r} is not an XID number (expected e.g. 13,31,43)")
+    return frozenset(int(p) for p in parts)
 
 
-def env_name(name: str) -> str:
-    return ENV_PREFIX + name.upper()
-
-
-def describe() -> list[tuple[str, str, str, str]]:
-    """(flag, env, default, doc) for every setting: the table in plugin/README.md and --help."""
-    rows = []
-    for f in fields(PluginSettings):
-        default = getattr(PluginSettings(), f.name)
-        rows.append((flag_name(f.name), env_name(f.name), _text(default), f.metadata["doc"]))
-    return rows
-
-
-def load(argv: Sequence[str], environ: Mapping[str, str]) -> PluginSettings:
-    """Settings from command-line flags and the environment (flags win). Pure."""
-    parser = _parser()
+def _seconds(raw: str) -> float:
     try:
-        args = parser.parse_args(list(argv))
-    except _ParseError as exc:
-        raise InvalidSpec("k80s-plugin", str(exc)) from None
-    values: dict[str, Any] = {}
-    for f in fields(PluginSettings):
-        raw = getattr(args, f.name)
-        source = flag_name(f.name)
-        if raw is None:
-            raw = environ.get(env_name(f.name))
-            source = env_name(f.name)
-        if raw is None:
-            continue
-        values[f.name] = _convert(f.name, str(raw), f"{flag_name(f.name)} / {env_name(f.name)}")
-    settings = PluginSettings(**values)
-    _validate(settings)
-    return settings
-
-
-def help_text() -> str:
-    return _parser().format_help()
-
-
-class _ParseError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # never sys.exit inside a pure loader
-        raise _ParseError(message)
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="k80s-plugin",
-        description="k80s device plugin: advertises each K80 die as one k80s.io/die device.",
-        add_help=False,
-    )
-    for f in fields(PluginSettings):
-        default = getattr(PluginSettings(), f.name)
-        parser.add_argument(
-            flag_name(f.name), dest=f.name, default=None, metavar="VALUE",
-            help=f"{f.metadata['doc']} [env {env_name(f.name)}; default {_text(default)!s}]",
-        )
-    return parser
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, frozenset):
-        return ",".join(str(v) for v in sorted(value))
-    return str(value)
-
-
-_INTS = {"context_reserve_mib", "metrics_port"}
-_FLOATS = {"health_recovery_s", "memory_poll_s", "pod_resources_poll_s", "socket_check_s"}
-_XIDS = {"ignored_xids", "sticky_xids"}
-
-
-def _convert(name: str, raw: str, where: str) -> Any:
-    text = raw.strip()
-    if name == "kubelet_root":
-        if not text:
-            raise InvalidSpec(where, "must not be empty")
-        return Path(text)
-    if name in _INTS:
-        try:
-            return int(text)
-        except ValueError:
-            raise InvalidSpec(where, f"{raw!r} is not an integer") from None
-    if name in _FLOATS:
-        try:
-            return float(text)
-        except ValueError:
-            raise InvalidSpec(where, f"{raw!r} is not a number of seconds") from None
-    if name in _XIDS:
-        xids = set()
-        for part in text.split(","):
-            if not part.strip():
-                continue
-            if not part.strip().isdigit():
-                raise InvalidSpec(where, f"{part.strip()!r} is not an XID number (expected e.g. 13,31,43)")
-            xids.add(int(part))
-        return frozenset(xids)
-    return text
+        return float(raw.strip())
+    except ValueError:
+        raise ValueError(f"{raw!r} is not a number of seconds") from None
 
 
 def _validate(s: PluginSettings) -> None:
     if s.context_reserve_mib < 0:
-        raise InvalidSpec(_where("context_reserve_mib"), f"{s.context_reserve_mib} must be >= 0")
-    if not 0 <= s.metrics_port <= 65535:
-        raise InvalidSpec(_where("metrics_port"), f"{s.metrics_port} is not a TCP port (0..65535)")
-    for name in _FLOATS:
+        raise InvalidSpec(LOADER.where("context_reserve_mib"), f"{s.context_reserve_mib} must be >= 0")
+    LOADER.check_port(s, "metrics_port")
+    for name in _SECONDS:
         value = getattr(s, name)
         if value < 0 or (value == 0 and name != "health_recovery_s"):
-            raise InvalidSpec(_where(name), f"{value} must be positive")
+            raise InvalidSpec(LOADER.where(name), f"{value} must be positive")
     if "/" in s.socket_name or not s.socket_name:
-        raise InvalidSpec(_where("socket_name"), f"{s.socket_name!r} must be a plain file name")
-    if s.log_format not in ("text", "json"):
-        raise InvalidSpec(_where("log_format"), f"{s.log_format!r} is not 'text' or 'json'")
-    if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise InvalidSpec(_where("log_level"), f"{s.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
+        raise InvalidSpec(LOADER.where("socket_name"), f"{s.socket_name!r} must be a plain file name")
+    LOADER.check_logging(s)
     if s.startup_taint and (" " in s.startup_taint or s.startup_taint.count("/") > 1):
-        raise InvalidSpec(_where("startup_taint"), f"{s.startup_taint!r} is not a taint key ([prefix/]name)")
+        raise InvalidSpec(LOADER.where("startup_taint"), f"{s.startup_taint!r} is not a taint key ([prefix/]name)")
     if s.simulate_faults and not s.simulate:
-        raise InvalidSpec(_where("simulate_faults"), "needs --simulate (faults are injected into the simulated backend)")
+        raise InvalidSpec(LOADER.where("simulate_faults"), "needs --simulate (faults are injected into the simulated backend)")
     if len(str(s.plugin_socket)) > 107:
-        raise InvalidSpec(_where("kubelet_root"), f"socket path {s.plugin_socket} is longer than 107 bytes (unix socket limit)")
+        raise InvalidSpec(LOADER.where("kubelet_root"),
+                          f"socket path {s.plugin_socket} is longer than 107 bytes (unix socket limit)")
 
 
-def _where(name: str) -> str:
-    return f"{flag_name(name)} / {env_name(name)}"
+_SECONDS: Final = ("health_recovery_s", "memory_poll_s", "pod_resources_poll_s", "socket_check_s")
+
+LOADER: Final = SettingsLoader(
+    PluginSettings,
+    prog="k80s-plugin",
+    env_prefix=ENV_PREFIX,
+    description="k80s device plugin: advertises each K80 die as one k80s.io/die device.",
+    converters={"ignored_xids": _xids, "sticky_xids": _xids, **{name: _seconds for name in _SECONDS}},
+    validate=_validate,
+)
+flag_name, env_name, describe, help_text, load = LOADER.flag, LOADER.env, LOADER.describe, LOADER.help_text, LOADER.load
