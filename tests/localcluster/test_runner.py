@@ -32,7 +32,7 @@ from k80s.localcluster.runner import (
     rewrite_path,
     rewrite_ports,
 )
-from tests.chart.helm import ROOT
+ROOT = Path(__file__).resolve().parents[2]
 
 BIN = Path("/opt/bins")
 
