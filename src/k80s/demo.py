@@ -190,7 +190,8 @@ def round_robin_plans(choices: Sequence[ModelChoice]) -> dict[str, PlanSummary]:
         entry = catalogue.find(choice.model)
         assert entry is not None  # parse_models checked
         options = EstimateOptions(policy=ROUND_ROBIN_POLICY, num_ctx=choice.context_tokens)
-        plans[choice.name] = PlanSummary.from_estimate(plan_for_idle_dies(entry.profile, options, IDLE_FREE_MIB, MAX_DIES))
+        estimate = plan_for_idle_dies(entry.profile, options, IDLE_FREE_MIB, MAX_DIES)
+        plans[choice.name] = PlanSummary.from_estimate(estimate)
     return plans
 
 
@@ -313,7 +314,9 @@ class DemoStack:
     Each `start_*` step waits until its part is ready. `stop()` undoes whatever started, in
     reverse order, and may be called at any point (also twice)."""
 
-    def __init__(self, workdir: Path, bin_dir: Path, node_count: int, shape: str, choices: Sequence[ModelChoice]) -> None:
+    def __init__(
+        self, workdir: Path, bin_dir: Path, node_count: int, shape: str, choices: Sequence[ModelChoice]
+    ) -> None:
         self.workdir = workdir
         self.bin_dir = bin_dir
         self.logs_dir = workdir / "logs"
@@ -401,7 +404,8 @@ class DemoStack:
                               interval_s=0.3)
             except wait.WaitTimeout:
                 if not plugin.alive():
-                    raise DemoError(f"{plugin.name} exited with status {plugin.popen.returncode}", plugin.log_path) from None
+                    raise DemoError(f"{plugin.name} exited with status {plugin.popen.returncode}",
+                                    plugin.log_path) from None
                 raise DemoError(f"{node.name}: the device plugin did not register {dies} dies and publish the "
                                 f"k80s.io/dies inventory in {READY_TIMEOUT_S:.0f} s", plugin.log_path) from None
 
@@ -667,15 +671,20 @@ def _one_line(exc: K80sError, stack: DemoStack | None) -> str:
     return text
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _footer(stack: DemoStack, keep: bool, running: bool) -> list[str]:
     lines = [f"kubeconfig: {stack.kubeconfig}"]
     if running:
         lines.append(kubectl_line(stack.kubeconfig, stack.kubectl))
     else:
-        lines.append(f"the cluster is stopped; with --keep it stays up for: {kubectl_line(stack.kubeconfig, stack.kubectl)}")
+        lines.append("the cluster is stopped; with --keep it stays up for: "
+                     + kubectl_line(stack.kubeconfig, stack.kubectl))
     lines.append(f"logs: {stack.logs_dir}")
     if running and keep:
-        lines.append("the cluster keeps running: Ctrl-C here (or SIGTERM to this process) stops everything")
+        lines.append(f"the cluster keeps running: Ctrl-C here, or `kill {os.getpid()}`, stops everything")
     return lines
 
 
@@ -710,8 +719,8 @@ def demo(node_count: int, shape: str, models: str, keep: bool, workdir: Path | N
 
     Without --keep it stops everything and exits once every ModelDeployment is placed or can never
     be (or after --timeout: exit 1). With --keep it runs until Ctrl-C. Ctrl-C at any point tears
-    everything down and exits 130 (SIGTERM: 143). Errors are one line on stderr with the log path,
-    exit 1.
+    everything down and exits 130 (SIGTERM, e.g. `kill PID`: 143). Errors are one line on stderr with
+    the log path, exit 1.
     """
     try:
         choices = parse_models(models)
@@ -724,9 +733,12 @@ def demo(node_count: int, shape: str, models: str, keep: bool, workdir: Path | N
     live = not no_live and out.is_terminal
     path = _prepare_workdir(workdir)
     cache = (bin_dir or binaries.default_dir()).expanduser()
+    # SIGTERM and SIGHUP unwind like Ctrl-C. A SIGHUP that is ignored (nohup) stays ignored, and so
+    # does SIGINT in a shell's background job (`&`): there, SIGTERM stops the demo.
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
-    for signum in previous:
-        signal.signal(signum, _raise_signalled)
+    for signum, handler in previous.items():
+        if signum == signal.SIGTERM or handler is not signal.SIG_IGN:
+            signal.signal(signum, _raise_signalled)
     try:
         with _exclusive(path):
             stack = DemoStack(path, cache, node_count, shape, choices)
@@ -752,9 +764,8 @@ def _run(stack: DemoStack, out: Console, live: bool, keep: bool, timeout_s: floa
     ui = _Ui(out, live)
     try:
         with ui:
-            ui.say(f"k80s demo: {len(stack.node_names)} simulated {stack.shape} node"
-                   f"{'s' if len(stack.node_names) != 1 else ''} ({boards} boards, {2 * boards} dies), "
-                   f"{len(stack.choices)} ModelDeployment{'s' if len(stack.choices) != 1 else ''}; "
+            ui.say(f"k80s demo: {_count(len(stack.node_names), f'simulated {stack.shape} node')} ({boards} boards, "
+                   f"{2 * boards} dies), {_count(len(stack.choices), 'ModelDeployment')}; "
                    f"work directory {stack.workdir}", "bold")
             missing = binaries.missing(cache)
             if missing:
@@ -766,7 +777,8 @@ def _run(stack: DemoStack, out: Console, live: bool, keep: bool, timeout_s: floa
                     binaries.ensure(cache, ui.progress)
             with ui.step("control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler"):
                 stack.start_control_plane()
-            with ui.step(f"{len(stack.node_names)} simulated {stack.shape} nodes with device-plugin processes"):
+            nodes = _count(len(stack.node_names), f"simulated {stack.shape} node")
+            with ui.step(f"{nodes} with device-plugin processes"):
                 stack.start_nodes()
             with ui.step("scheduler extender"):
                 port = stack.start_extender()
@@ -774,9 +786,10 @@ def _run(stack: DemoStack, out: Console, live: bool, keep: bool, timeout_s: floa
                 stack.start_scheduler(port)
             with ui.step("ModelDeployment CRD and operator"):
                 stack.start_operator()
-            with ui.step(f"{len(stack.choices)} ModelDeployments applied in namespace {NAMESPACE}"):
+            with ui.step(f"{_count(len(stack.choices), 'ModelDeployment')} applied in namespace {NAMESPACE}"):
                 stack.apply_models()
-            ui.say(f"stack up in {time.monotonic() - started:.0f} s; waiting for the ModelDeployments to settle", "bold")
+            ui.say(f"stack up in {time.monotonic() - started:.0f} s; waiting for the ModelDeployments to settle",
+                   "bold")
             snapshot, settled = _watch(stack, ui, rr, keep, timeout_s, started)
             if not settled:
                 code, error = 1, (f"the ModelDeployments did not settle in {timeout_s:.0f} s "
@@ -786,12 +799,14 @@ def _run(stack: DemoStack, out: Console, live: bool, keep: bool, timeout_s: floa
     except K80sError as exc:
         code, error = 1, _one_line(exc, stack)
     except Exception as exc:  # noqa: BLE001 - an API error or a bug: one line, then tear down
-        code, error = 1, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (logs: {stack.logs_dir})"
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        code, error = 1, f"{type(exc).__name__}: {first} (logs: {stack.logs_dir})"
     finally:
         ignored = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         try:
             if snapshot is not None:
-                header = (f"k80s demo: {len(stack.node_names)} × {stack.shape}, {len(stack.choices)} ModelDeployments, "
+                header = (f"k80s demo: {len(stack.node_names)} × {stack.shape}, "
+                          f"{_count(len(stack.choices), 'ModelDeployment')}, "
                           f"{'settled' if settled else 'not settled'} after {snapshot.elapsed_s:.0f} s")
                 out.print(render_result(snapshot, header, _footer(stack, keep, running=False)))
             if code > 128:
@@ -835,7 +850,8 @@ def _watch(stack: DemoStack, ui: _Ui, rr: Mapping[str, PlanSummary], keep: bool,
             else:
                 settled, stuck_since, stuck_state = False, None, ""
             done = sum(p == DONE for p in phases)
-            header = (f"k80s demo · {len(stack.node_names)} × {stack.shape} · {snapshot.elapsed_s:.0f} s since start · "
+            header = (f"k80s demo · {len(stack.node_names)} × {stack.shape} · "
+                      f"{snapshot.elapsed_s:.0f} s since start · "
                       f"{done} of {len(stack.choices)} ModelDeployments settled"
                       + (" · Ctrl-C stops everything" if keep else ""))
             ui.show(render_result(snapshot, header, _footer(stack, keep, running=True)))

@@ -234,7 +234,8 @@ def model_rows(mds: Sequence[Mapping[str, Any]], round_robin: Mapping[str, PlanS
     for md in mds:
         spec, status = md.get("spec") or {}, md.get("status") or {}
         conditions = {
-            c.get("type", ""): ConditionView(str(c.get("status", "")), str(c.get("reason", "")), str(c.get("message", "")))
+            c.get("type", ""): ConditionView(str(c.get("status", "")), str(c.get("reason", "")),
+                                             str(c.get("message", "")))
             for c in status.get("conditions") or []
         }
         estimate = status.get("estimate")
@@ -267,7 +268,8 @@ class Summary:
 
 def summarize(rows: Sequence[ModelRow], dies_total: int) -> Summary:
     """Dies the placed ModelDeployments use against what round-robin would have needed for them."""
-    placed = [r for r in rows if r.k80s is not None and r.k80s.fits and r.dies_wanted and r.dies_placed >= r.dies_wanted]
+    placed = [r for r in rows
+              if r.k80s is not None and r.k80s.fits and r.dies_wanted and r.dies_placed >= r.dies_wanted]
     comparable = [r for r in placed if r.round_robin is not None and r.round_robin.fits]
     return Summary(
         models=len(rows),

@@ -1,8 +1,8 @@
 """`k80s demo` end to end, as a person runs it: a subprocess on the cached control-plane binaries,
 two simulated 2xK80 nodes with device-plugin processes, the extender, the k80s scheduler and the
 operator. It must place gemma3:12b on both dies of one board with the seed's split 1,48, print
-the round-robin plan next to it, and leave no process behind — after a normal exit and after
-Ctrl-C (SIGINT, exit 130)."""
+the round-robin plan next to it, and leave no process behind — after a normal exit, and after
+Ctrl-C (SIGINT, exit 130) or SIGTERM (exit 143) while the operator is reconciling."""
 
 from __future__ import annotations
 
@@ -134,8 +134,9 @@ def run_demo(tmp_path: Path) -> Iterator[list[Running]]:
                 os.killpg(run.process.pid, signal.SIGKILL)
 
 
-def test_ctrl_c_mid_run_stops_every_process_and_exits_130(
-    k8s_bins: Path, tmp_path: Path, run_demo: list[Running]
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_mid_run_stops_every_process_and_exits_128_plus_the_signal(
+    k8s_bins: Path, tmp_path: Path, run_demo: list[Running], signum: int, code: int
 ) -> None:
     workdir = tmp_path / "demo"
     process = subprocess.Popen([*COMMAND, *SMALL_MIX, "--keep", "--no-live", "--workdir", str(workdir),
@@ -146,8 +147,8 @@ def test_ctrl_c_mid_run_stops_every_process_and_exits_130(
     threading.Thread(target=run.read, daemon=True).start()
     run.wait_for_line("2 ModelDeployments applied", RUN_TIMEOUT_S)  # every process of the demo is up
     assert len(json.loads((workdir / "pids.json").read_text())) >= 9  # 5 control plane, 2 plugins, extender, operator
-    process.send_signal(signal.SIGINT)  # what Ctrl-C does to the foreground process
-    assert process.wait(90) == 130, run.output
+    process.send_signal(signum)  # SIGINT: what Ctrl-C does to the foreground process
+    assert process.wait(90) == code, run.output
     time.sleep(0.5)  # let the reader take the last lines
     assert "interrupted: stopping every process of the demo" in run.output
     assert "Traceback" not in run.output

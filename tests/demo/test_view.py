@@ -286,7 +286,8 @@ def test_the_default_mix_renders_in_120_columns_with_the_reasons_of_problems() -
            md("deepseek-r1-32b", "deepseek-r1:32b", dies=(2, 0),
               conditions=[condition("Fits"), condition("Scheduled", "False", "InsufficientDies", "wanted 2, placed 0"),
                           condition("Ready", "False", "ReplicasNotReady")])]
-    text = rendered(Snapshot((NodeView("a", inventory("a", 2)),), (), tuple(mds), rr_for(*((n, m, 4096) for n, m in names))))
+    rr = rr_for(*((n, m, 4096) for n, m in names))
+    text = rendered(Snapshot((NodeView("a", inventory("a", 2)),), (), tuple(mds), rr))
     assert max(len(line) for line in text.splitlines()) <= 120
     assert "21,21,21" in text and "1 die, " in text
     assert "deepseek-r1-32b: Scheduled=False (InsufficientDies): wanted 2, placed 0" in text
@@ -295,7 +296,8 @@ def test_the_default_mix_renders_in_120_columns_with_the_reasons_of_problems() -
 def test_kubectl_line() -> None:
     from pathlib import Path
 
-    assert kubectl_line(Path("/w/kubeconfig"), Path("/c/kubectl")) == "export KUBECONFIG=/w/kubeconfig; /c/kubectl get md -A"
+    line = kubectl_line(Path("/w/kubeconfig"), Path("/c/kubectl"))
+    assert line == "export KUBECONFIG=/w/kubeconfig; /c/kubectl get md -A"
 
 
 # ------------------------------------------------------------------------------------------------
