@@ -141,12 +141,13 @@ def operator(kubeconfig: Path, workdir: Path) -> Iterator[None]:
 
 # -- timing ----------------------------------------------------------------------------------------------
 
-class BindWatcher:
-    """Watches one namespace's pods; records when `want` distinct pods are bound."""
+class Watcher:
+    """Watches one namespace's objects of one kind; records when `want` distinct ones match."""
 
-    def __init__(self, core: kubernetes.client.CoreV1Api, namespace: str, want: int) -> None:
-        self.core, self.namespace, self.want = core, namespace, want
-        self.bound: set[str] = set()
+    def __init__(self, list_fn: Callable[..., Any], namespace: str, want: int,
+                 matches: Callable[[Any], bool]) -> None:
+        self.list_fn, self.namespace, self.want, self.matches = list_fn, namespace, want, matches
+        self.seen: set[str] = set()
         self.done = threading.Event()
         self.finished_at = 0.0
         self._watch = kubernetes.watch.Watch()
@@ -154,20 +155,20 @@ class BindWatcher:
         self._ready = threading.Event()
 
     def _run(self) -> None:
-        listed = self.core.list_namespaced_pod(self.namespace)
+        listed = self.list_fn(self.namespace)
         self._ready.set()
-        for event in self._watch.stream(self.core.list_namespaced_pod, self.namespace,
+        for event in self._watch.stream(self.list_fn, self.namespace,
                                         resource_version=listed.metadata.resource_version, timeout_seconds=600):
-            pod = event["object"]
-            if pod.spec.node_name and pod.metadata.name not in self.bound:
-                self.bound.add(pod.metadata.name)
-                if len(self.bound) >= self.want:
+            obj = event["object"]
+            if self.matches(obj) and obj.metadata.name not in self.seen:
+                self.seen.add(obj.metadata.name)
+                if len(self.seen) >= self.want:
                     self.finished_at = time.monotonic()
                     self.done.set()
                     self._watch.stop()
                     return
 
-    def __enter__(self) -> BindWatcher:
+    def __enter__(self) -> Watcher:
         self._thread.start()
         self._ready.wait(30)
         return self
@@ -176,15 +177,19 @@ class BindWatcher:
         self._watch.stop()
 
 
-def timed_round(core: kubernetes.client.CoreV1Api, namespace: str, count: int,
-                create: Callable[[int], None], timeout_s: float) -> float:
-    with BindWatcher(core, namespace, count) as watcher:
+def timed_round(api: kubernetes.client.ApiClient, namespace: str, count: int,
+                create: Callable[[int], None], timeout_s: float) -> tuple[float, float]:
+    """(seconds to all Deployments created, seconds to all pods bound), from the first create."""
+    core, apps = kubernetes.client.CoreV1Api(api), kubernetes.client.AppsV1Api(api)
+    with Watcher(apps.list_namespaced_deployment, namespace, count, lambda d: True) as deployments, \
+            Watcher(core.list_namespaced_pod, namespace, count, lambda p: bool(p.spec.node_name)) as bound:
         started = time.monotonic()
         with ThreadPoolExecutor(CREATE_THREADS) as pool:
             list(pool.map(create, range(count)))
-        if not watcher.done.wait(timeout_s):
-            raise RuntimeError(f"only {len(watcher.bound)} of {count} pods bound in {timeout_s:.0f} s ({namespace})")
-        return watcher.finished_at - started
+        if not bound.done.wait(timeout_s):
+            raise RuntimeError(f"only {len(bound.seen)} of {count} pods bound in {timeout_s:.0f} s ({namespace})")
+        deployments.done.wait(5)
+        return deployments.finished_at - started, bound.finished_at - started
 
 
 def clean_namespace(api: kubernetes.client.ApiClient, namespace: str) -> None:
@@ -252,8 +257,9 @@ def run(sizes: list[int], repeats: int, node_count: int, shape: str, model: str,
             path = plane.write_scheduler_config("k80s-scheduler", config)
             with plane.run_scheduler(path, "kube-scheduler-k80s"), operator(plane.kubeconfig, workdir):
                 samples: dict[tuple[str, int], list[float]] = {}
+                to_deployments: dict[int, list[float]] = {}
 
-                def one(kind: str, count: int) -> float:
+                def one(kind: str, count: int) -> tuple[float, float]:
                     namespace = f"b-{kind}-{count}-{secrets.token_hex(3)}"
                     core.create_namespace({"metadata": {"name": namespace}})
                     try:
@@ -266,7 +272,7 @@ def run(sizes: list[int], repeats: int, node_count: int, shape: str, model: str,
 
                             def create(i: int) -> None:
                                 apps.create_namespaced_deployment(namespace, manifests[i])
-                        return timed_round(core, namespace, count, create, timeout_s)
+                        return timed_round(api, namespace, count, create, timeout_s)
                     finally:
                         clean_namespace(api, namespace)
 
@@ -275,17 +281,21 @@ def run(sizes: list[int], repeats: int, node_count: int, shape: str, model: str,
                     for r in range(repeats):
                         order = ("operator", "baseline") if r % 2 == 0 else ("baseline", "operator")
                         for kind in order:
-                            samples.setdefault((kind, count), []).append(one(kind, count))
-                            print(f"  N={count:<3} {kind:<8} round {r + 1}: "
-                                  f"{samples[(kind, count)][-1]:.2f} s", flush=True)
+                            created, done = one(kind, count)
+                            samples.setdefault((kind, count), []).append(done)
+                            if kind == "operator":
+                                to_deployments.setdefault(count, []).append(created)
+                            print(f"  N={count:<3} {kind:<8} round {r + 1}: Deployments {created:.2f} s, "
+                                  f"pods bound {done:.2f} s", flush=True)
         rows = []
         for count in sizes:
             op, base = samples[("operator", count)], samples[("baseline", count)]
             med_op, med_base = statistics.median(op), statistics.median(base)
             ratio = med_op / med_base if med_base else float("inf")
             target = (med_op <= 2.0 if count == 1 else True) and ratio <= 2.0
-            rows.append([str(count), f"{med_op:.2f}", f"{min(op):.2f}–{max(op):.2f}", f"{med_base:.2f}",
-                         f"{min(base):.2f}–{max(base):.2f}", f"{ratio:.2f}", "yes" if target else "NO"])
+            rows.append([str(count), f"{statistics.median(to_deployments[count]):.2f}", f"{med_op:.2f}",
+                         f"{min(op):.2f}–{max(op):.2f}", f"{med_base:.2f}", f"{min(base):.2f}–{max(base):.2f}",
+                         f"{ratio:.2f}", "yes" if target else "NO"])
         return rows
     finally:
         plane.stop()
@@ -317,7 +327,8 @@ def main() -> int:
     print()
     print("time from apply to all pods bound (seconds, median of the rounds; baseline = plain Deployments, "
           "same pods, same run)")
-    print(table(["N", "operator", "range", "baseline", "range", "ratio", "target"], rows))
+    print(table(["N", "op: Deployments", "op: pods bound", "range", "baseline", "range", "ratio", "target"], rows))
+    print("op: Deployments = until the operator has created all N Deployments (its own latency)")
     print("targets: median ≤ 2 s for N=1; ratio ≤ 2 at every N")
     return 0 if all(r[-1] == "yes" for r in rows) else 1
 

@@ -353,9 +353,13 @@ def test_apply_plans_owns_a_deployment_and_a_service_and_reports_placements_on_t
         assert placement == {"pod": pod.metadata.name, "node": node.name, "dieUUIDs": [d.uuid for d in held],
                              "tensorSplit": [1, 48]}
         assert len(held) == 2 and held[0].board == held[1].board
-        assert metric(op, "k80s_modeldeployment_dies", namespace=namespace, name="gemma3-12b", state="placed") == 2
-        until(lambda: {"ModelResolved", "Planned", "Applied", "DiesPlaced", "ReplicasReady"}
+        until(lambda: metric(op, "k80s_modeldeployment_dies", namespace=namespace, name="gemma3-12b",
+                             state="placed") == 2, "the dies metric")
+        until(lambda: {"Planned", "DiesPlaced", "ReplicasReady"}
               <= {e.reason for e in events(admin, namespace, "gemma3-12b")}, "an Event for every decision")
+        (planned,) = [e for e in events(admin, namespace, "gemma3-12b") if e.reason == "Planned"]
+        assert "split 1,48" in planned.message and "model from the catalogue" in planned.message
+        assert "Deployment/gemma3-12b and Service/gemma3-12b applied (plan " in planned.message
         printed = subprocess.run([str(control_plane.bin_dir / "kubectl"), "--kubeconfig", str(control_plane.kubeconfig),
                                   "-n", namespace, "get", "md", "gemma3-12b"], capture_output=True, text=True, check=True)
         header, row = printed.stdout.splitlines()[:2]
@@ -424,7 +428,8 @@ def test_delete_removes_the_deployment_its_pods_and_the_service(
     op = run_operator()
     create_md(admin, namespace, model_deployment("gone", model="gemma3:4b", selector=labels))
     status_when(admin, namespace, "gone", ready, "Ready")
-    assert metric(op, "k80s_modeldeployment_dies", namespace=namespace, name="gone", state="wanted") == 1
+    until(lambda: metric(op, "k80s_modeldeployment_dies", namespace=namespace, name="gone", state="wanted") == 1,
+          "the dies metric")
     assert not get_md(admin, namespace, "gone")["metadata"].get("finalizers")  # deletion never waits for us
     custom(admin).delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "gone")
     core, apps = kubernetes.client.CoreV1Api(admin), kubernetes.client.AppsV1Api(admin)

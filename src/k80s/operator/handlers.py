@@ -182,11 +182,13 @@ class Reconciler:
         resolved = st.resolved_condition(model.name, model.source, model.digest, model.profile.architecture,
                                          model.profile.block_count)
         outcome = st.Outcome(generation, spec.replicas, resolved, fits, plan, model.facts())
-        await self._announce_plan(mem, plan, fits)
+        news = await self._plan_news(mem, plan, fits)
+        changed: list[str] = []
         if plan.fits:
             owner = children.Owner(meta["name"], meta["namespace"], meta["uid"])
-            await self._apply(mem, children.deployment(owner, spec, plan, self.pod_settings),
-                              children.service(owner, spec.runtime_kind), plan)
+            changed = await self._apply(mem, children.deployment(owner, spec, plan, self.pod_settings),
+                                        children.service(owner, spec.runtime_kind))
+        await self._announce(mem, plan, news, changed)
         await self._record(mem, outcome, pods, nodes)
         self.metrics.reconcile_seconds.observe(time.monotonic() - started)
         self.metrics.reconciles.labels("applied" if plan.fits else "does_not_fit").inc()
@@ -196,31 +198,41 @@ class Reconciler:
     def _default_image(self, kind: str) -> str:
         return self.settings.llamacpp_image if kind == LLAMACPP else self.settings.ollama_image
 
-    async def _announce_plan(self, mem: _Memory, plan: Plan, fits: st.Condition) -> None:
+    async def _plan_news(self, mem: _Memory, plan: Plan, fits: st.Condition) -> str | None:
+        """What is new about this plan (None: nothing); side warnings are posted at once."""
         old = mem.outcome.plan if mem.outcome is not None else None
         mem.parity = parity.policy_condition(plan)
         if old is not None and old.hash == plan.hash and old.fits == plan.fits:
-            return
+            return None
         stored = mem.stored_status
         if old is None and (stored.get("model") or {}).get("digest") == plan.model.digest \
                 and stored.get("estimate") == plan.estimate_status():
-            return  # a restarted operator found this very plan in the status: nothing new to say
-        if old is None or old.model.digest != plan.model.digest:
+            return None  # a restarted operator found this very plan in the status: nothing new to say
+        if old is not None and old.model.digest != plan.model.digest:
             await self.event(mem, "ModelResolved", f"{plan.model.name} from the {plan.model.source}: "
                              f"{plan.model.profile.architecture}, {plan.model.profile.block_count} blocks, "
                              f"{plan.model.digest}")
-        if plan.fits:
-            await self.event(mem, "Planned", fits.message)
-        else:
-            await self.event(mem, st.INSUFFICIENT_DIE_MEMORY, fits.message, warning=True)
         ctx = plan.model.params_num_ctx
         if plan.runtime != LLAMACPP and ctx is not None and ctx != plan.options.num_ctx:
             await self.event(mem, "ModelParamsOverrideContext",
                              f"the model's params layer sets num_ctx {ctx}, which Ollama prefers to "
                              f"OLLAMA_CONTEXT_LENGTH {plan.options.num_ctx}: set spec.options.numCtx to {ctx}",
                              warning=True)
+        resolved = f"; model from the {plan.model.source}, {plan.model.digest}" if old is None else ""
+        return fits.message + resolved
 
-    async def _apply(self, mem: _Memory, deployment: dict[str, Any], service: dict[str, Any], plan: Plan) -> None:
+    async def _announce(self, mem: _Memory, plan: Plan, news: str | None, changed: list[str]) -> None:
+        """One Event per reconcile: the new plan (with what was applied), or what was re-applied."""
+        applied = f"{' and '.join(changed)} applied (plan {plan.hash})" if changed else ""
+        if news is not None:
+            reason = "Planned" if plan.fits else st.INSUFFICIENT_DIE_MEMORY
+            await self.event(mem, reason, news + (f"; {applied}" if applied else ""), warning=not plan.fits)
+        elif changed:
+            await self.event(mem, "Applied", f"{applied}: {plan.dies} die(s) per replica, split "
+                             f"{','.join(str(n) for n in plan.estimate.tensor_split)}")
+
+    async def _apply(self, mem: _Memory, deployment: dict[str, Any], service: dict[str, Any]) -> list[str]:
+        """Server-side apply what changed since this process last applied it; returns what was applied."""
         changed = []
         for manifest in (deployment, service):
             digest = _digest(manifest)
@@ -234,13 +246,13 @@ class Reconciler:
                 raise
             mem.applied[manifest["kind"]] = digest
             changed.append(f"{manifest['kind']}/{manifest['metadata']['name']}")
-        if changed:
-            await self.event(mem, "Applied", f"{' and '.join(changed)}: {plan.dies} die(s) per replica, split "
-                             f"{','.join(str(n) for n in plan.estimate.tensor_split)}, plan {plan.hash}")
+        return changed
 
     async def _record(self, mem: _Memory, outcome: st.Outcome, pods: Any, nodes: Any) -> None:
+        """Remember the outcome; the status follows within the debounce window, together with
+        the first pod events (one patch instead of several while the pods are being created)."""
         mem.outcome = outcome
-        await self.refresh(mem, pods, nodes)
+        self.request_refresh(mem, pods, nodes)
 
     # -- status ----------------------------------------------------------------------------------------
 
