@@ -549,6 +549,9 @@ class _Ui:
         self.live = live
         self.steps = Steps()
         self.result: RenderableType | None = None
+        self.snapshot: Snapshot | None = None  # the latest picture of the cluster
+        self.settled = False
+        self.printed: Snapshot | None = None  # the snapshot last printed as a whole table (no-live --keep)
         self._live: Any = None
 
     def __enter__(self) -> _Ui:
@@ -679,6 +682,8 @@ def _footer(stack: DemoStack, keep: bool, running: bool) -> list[str]:
     lines = [f"kubeconfig: {stack.kubeconfig}"]
     if running:
         lines.append(kubectl_line(stack.kubeconfig, stack.kubectl))
+    elif keep:
+        lines.append("the cluster is stopped")
     else:
         lines.append("the cluster is stopped; with --keep it stays up for: "
                      + kubectl_line(stack.kubeconfig, stack.kubectl))
@@ -759,8 +764,6 @@ def _run(stack: DemoStack, out: Console, live: bool, keep: bool, timeout_s: floa
     rr = round_robin_plans(stack.choices)
     started = time.monotonic()
     code, error = 0, ""
-    snapshot: Snapshot | None = None
-    settled = False
     ui = _Ui(out, live)
     try:
         with ui:
@@ -790,8 +793,8 @@ def _run(stack: DemoStack, out: Console, live: bool, keep: bool, timeout_s: floa
                 stack.apply_models()
             ui.say(f"stack up in {time.monotonic() - started:.0f} s; waiting for the ModelDeployments to settle",
                    "bold")
-            snapshot, settled = _watch(stack, ui, rr, keep, timeout_s, started)
-            if not settled:
+            _watch(stack, ui, rr, keep, timeout_s, started)
+            if not ui.settled:
                 code, error = 1, (f"the ModelDeployments did not settle in {timeout_s:.0f} s "
                                   f"(see the table; logs: {stack.logs_dir})")
     except KeyboardInterrupt as exc:
@@ -804,10 +807,11 @@ def _run(stack: DemoStack, out: Console, live: bool, keep: bool, timeout_s: floa
     finally:
         ignored = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         try:
-            if snapshot is not None:
+            snapshot = ui.snapshot
+            if snapshot is not None and snapshot is not ui.printed:  # the final table (the live view is gone)
                 header = (f"k80s demo: {len(stack.node_names)} × {stack.shape}, "
                           f"{_count(len(stack.choices), 'ModelDeployment')}, "
-                          f"{'settled' if settled else 'not settled'} after {snapshot.elapsed_s:.0f} s")
+                          f"{'settled' if ui.settled else 'not settled'} after {snapshot.elapsed_s:.0f} s")
                 out.print(render_result(snapshot, header, _footer(stack, keep, running=False)))
             if code > 128:
                 out.print(Text("interrupted: stopping every process of the demo …", style="yellow"))
@@ -825,18 +829,17 @@ def _run(stack: DemoStack, out: Console, live: bool, keep: bool, timeout_s: floa
 
 
 def _watch(stack: DemoStack, ui: _Ui, rr: Mapping[str, PlanSummary], keep: bool, timeout_s: float,
-           started: float) -> tuple[Snapshot | None, bool]:
+           started: float) -> None:
     """Poll the cluster and redraw until the ModelDeployments settle (without --keep) or forever
-    (with --keep, until Ctrl-C). Returns the last snapshot and whether it settled."""
+    (with --keep, until Ctrl-C). The latest snapshot and whether it settled are kept on `ui`."""
     deadline = time.monotonic() + timeout_s
-    snapshot: Snapshot | None = None
     stuck_since: float | None = None
     stuck_state = ""
-    settled = announced = False
     while True:
         stack.check_alive()
         with contextlib.suppress(Exception):  # an API hiccup: keep the last picture
-            snapshot = stack.snapshot(rr, time.monotonic() - started)
+            ui.snapshot = stack.snapshot(rr, time.monotonic() - started)
+        snapshot = ui.snapshot
         if snapshot is not None:
             phases = [md_phase(m) for m in snapshot.mds]
             complete = len(snapshot.mds) == len(stack.choices)
@@ -855,12 +858,12 @@ def _watch(stack: DemoStack, ui: _Ui, rr: Mapping[str, PlanSummary], keep: bool,
                       f"{done} of {len(stack.choices)} ModelDeployments settled"
                       + (" · Ctrl-C stops everything" if keep else ""))
             ui.show(render_result(snapshot, header, _footer(stack, keep, running=True)))
+            if settled and not ui.settled and keep and not ui.live:  # once, with the kubectl line
+                ui.out.print(render_result(snapshot, header, _footer(stack, keep, running=True)))
+                ui.printed = snapshot
+            ui.settled = ui.settled or settled
             if settled and not keep:
-                return snapshot, True
-            if settled and keep and not announced:
-                announced = True
-                if not ui.live:
-                    ui.out.print(render_result(snapshot, footer=_footer(stack, keep, running=True)))
+                return
         if not keep and time.monotonic() > deadline:
-            return snapshot, False
+            return
         time.sleep(POLL_INTERVAL_S)
