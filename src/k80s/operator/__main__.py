@@ -9,7 +9,6 @@ exit 2 with one line naming the flag.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import sys
@@ -18,6 +17,7 @@ from collections.abc import Sequence
 
 import kopf
 
+from k80s import logs
 from k80s.core.errors import InvalidInput
 from k80s.operator import kube
 from k80s.operator.handlers import Reconciler, build_registry
@@ -27,41 +27,11 @@ from k80s.operator.settings import OperatorSettings, help_text, load
 
 log = logging.getLogger("k80s.operator")
 
-_STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
-
-
-class _Formatter(logging.Formatter):
-    """Constant message, data in fields (style.md §6): `msg key=value …` or one JSON object."""
-
-    def __init__(self, json_lines: bool) -> None:
-        super().__init__()
-        self._json = json_lines
-
-    def format(self, record: logging.LogRecord) -> str:
-        fields = {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and not k.startswith("_")}
-        when = self.formatTime(record, "%Y-%m-%dT%H:%M:%S")
-        if self._json:
-            out = {"time": when, "level": record.levelname, "logger": record.name, "msg": record.getMessage(),
-                   **{k: v for k, v in fields.items() if k not in ("k8s_skip", "k8s_ref", "settings")}}
-            if record.exc_info:
-                out["exc"] = self.formatException(record.exc_info)
-            return json.dumps(out, default=str)
-        text = f"{when} {record.levelname:<7} {record.name}: {record.getMessage()}"
-        text += "".join(f" {k}={v}" for k, v in fields.items() if k not in ("k8s_skip", "k8s_ref", "settings"))
-        if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
-        return text
-
-
 def configure_logging(s: OperatorSettings) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter(s.log_format == "json"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(s.log_level.upper())
-    for noisy in ("kubernetes", "urllib3", "aiohttp.access", "kopf.objects"):
-        # kopf.objects says "Handler … succeeded" per event; the handlers log the decisions.
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # kopf's own record attributes are not fields worth printing; kopf.objects says "Handler …
+    # succeeded" per event, while the handlers log the decisions themselves.
+    logs.configure(s.log_format, s.log_level, hidden=("k8s_skip", "k8s_ref", "settings"),
+                   quiet=("kubernetes", "urllib3", "aiohttp.access", "kopf.objects"))
 
 
 def kopf_settings(s: OperatorSettings) -> kopf.OperatorSettings:

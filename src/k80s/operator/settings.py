@@ -8,14 +8,14 @@ variable. operator/README.md prints the table `describe()` returns.
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
-from typing import Any, Final
+from dataclasses import dataclass
+from typing import Final
 
 from k80s.core.errors import InvalidSpec
 from k80s.core.inventory import CONTEXT_RESERVE_MIB, IDLE_USED_MIB, K80_TOTAL_MIB
 from k80s.core.policies import resolve_policy
+from k80s.settings import SettingsLoader
+from k80s.settings import setting as _doc
 
 ENV_PREFIX: Final = "K80S_OPERATOR_"
 
@@ -26,10 +26,6 @@ DEFAULT_LLAMACPP_IMAGE: Final = "k80s/llama-server:sm37-cuda11.4"
 DEFAULT_OLLAMA_IMAGE: Final = "k80s/ollama37:241a0340"
 DEFAULT_FETCHER_IMAGE: Final = "k80s/k80s:0.1.0"
 """Image names docs/runtimes.md builds; the chart overrides all three."""
-
-
-def _doc(text: str, **kw: Any) -> Any:
-    return field(metadata={"doc": text}, **kw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,90 +106,6 @@ class OperatorSettings:
         return self.header_cap_mib << 20
 
 
-def flag_name(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def env_name(name: str) -> str:
-    return ENV_PREFIX + name.upper()
-
-
-def describe() -> list[tuple[str, str, str, str]]:
-    """(flag, env, default, doc) for every setting: the table in operator/README.md and --help."""
-    defaults = OperatorSettings()
-    return [(flag_name(f.name), env_name(f.name), _text(getattr(defaults, f.name)), f.metadata["doc"])
-            for f in fields(OperatorSettings)]
-
-
-def load(argv: Sequence[str], environ: Mapping[str, str]) -> OperatorSettings:
-    """Settings from command-line flags and the environment (flags win). Pure."""
-    try:
-        args = _parser().parse_args(list(argv))
-    except _ParseError as exc:
-        raise InvalidSpec("k80s-operator", str(exc)) from None
-    values: dict[str, Any] = {}
-    for f in fields(OperatorSettings):
-        raw = getattr(args, f.name)
-        if raw is None:
-            raw = environ.get(env_name(f.name))
-        if raw is None:
-            continue
-        values[f.name] = _convert(f.name, str(raw), f"{flag_name(f.name)} / {env_name(f.name)}")
-    settings = OperatorSettings(**values)
-    _validate(settings)
-    return settings
-
-
-def help_text() -> str:
-    return _parser().format_help()
-
-
-# -- internals ---------------------------------------------------------------------------------
-
-class _ParseError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # argparse would exit; we raise
-        raise _ParseError(message)
-
-
-def _parser() -> _Parser:
-    parser = _Parser(prog="k80s-operator", description="The k80s ModelDeployment operator.",
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    defaults = OperatorSettings()
-    for f in fields(OperatorSettings):
-        parser.add_argument(flag_name(f.name), dest=f.name, default=None, metavar=f.name.split("_")[-1].upper(),
-                            help=f"{f.metadata['doc']} Env {env_name(f.name)}; default {_text(getattr(defaults, f.name))!r}.")
-    return parser
-
-
-_BOOL_WORDS: Final = {"1": True, "true": True, "yes": True, "on": True,
-                      "0": False, "false": False, "no": False, "off": False}
-
-
-def _convert(name: str, raw: str, where: str) -> Any:
-    default = getattr(OperatorSettings(), name)
-    text = raw.strip()
-    try:
-        if isinstance(default, bool):
-            if text.lower() not in _BOOL_WORDS:
-                raise ValueError(f"{raw!r} is not a boolean (true/false)")
-            return _BOOL_WORDS[text.lower()]
-        if isinstance(default, int):
-            return int(text)
-        if isinstance(default, float):
-            return float(text)
-        if name == "namespaces":
-            return tuple(n.strip() for n in text.split(",") if n.strip())
-        if name == "runtime_policies":
-            return _policy_rules(text)
-        return text
-    except ValueError as exc:
-        raise InvalidSpec(where, str(exc)) from None
-
-
 def _policy_rules(text: str) -> tuple[tuple[str, str], ...]:
     rules = []
     for item in (p.strip() for p in text.split(",")):
@@ -208,12 +120,11 @@ def _policy_rules(text: str) -> tuple[tuple[str, str], ...]:
 
 def _validate(s: OperatorSettings) -> None:
     def bad(name: str, problem: str) -> InvalidSpec:
-        return InvalidSpec(f"{flag_name(name)} / {env_name(name)}", problem)
+        return InvalidSpec(LOADER.where(name), problem)
 
     if not 1 <= s.die_free_mib <= K80_TOTAL_MIB:
         raise bad("die_free_mib", f"{s.die_free_mib} is outside 1..{K80_TOTAL_MIB}")
-    if not 0 <= s.health_port <= 65535:
-        raise bad("health_port", f"{s.health_port} is not a port")
+    LOADER.check_port(s, "health_port")
     for name in ("http_timeout_s", "recheck_s", "parity_timeout_s", "lease_duration_s", "renew_deadline_s",
                  "retry_period_s", "name_ttl_s"):
         if getattr(s, name) <= 0:
@@ -222,17 +133,17 @@ def _validate(s: OperatorSettings) -> None:
         raise bad("header_window_mib", f"must be between 1 and header_cap_mib ({s.header_cap_mib})")
     if s.renew_deadline_s >= s.lease_duration_s:
         raise bad("renew_deadline_s", f"{s.renew_deadline_s} must be below lease_duration_s ({s.lease_duration_s})")
-    if s.log_format not in ("text", "json"):
-        raise bad("log_format", f"{s.log_format!r} is not text or json")
-    if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise bad("log_level", f"{s.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
+    LOADER.check_logging(s)
     if not s.scheduler_name:
         raise bad("scheduler_name", "must not be empty")
 
 
-def _text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, tuple):
-        return ",".join("=".join(v) if isinstance(v, tuple) else str(v) for v in value)
-    return str(value)
+LOADER: Final = SettingsLoader(
+    OperatorSettings,
+    prog="k80s-operator",
+    env_prefix=ENV_PREFIX,
+    description="The k80s ModelDeployment operator.",
+    converters={"runtime_policies": _policy_rules},
+    validate=_validate,
+)
+flag_name, env_name, describe, help_text, load = LOADER.flag, LOADER.env, LOADER.describe, LOADER.help_text, LOADER.load
