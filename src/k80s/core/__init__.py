@@ -7,13 +7,11 @@ and encode the result.
 
 from k80s.core.errors import (
     DeviceError,
-    DoesNotFit,
     GgufFormatError,
     InvalidInput,
     InvalidSpec,
     K80sError,
     UnknownModel,
-    UnsupportedArchitecture,
 )
 from k80s.core.estimate import DieBreakdown, DieCapacity, Estimate, estimate
 from k80s.core.gguf import GgufHeader, GgufTensor, parse_gguf_bytes, parse_gguf_file, parse_gguf_header
@@ -32,7 +30,6 @@ __all__ = [
     "DieBreakdown",
     "DieCapacity",
     "DieInfo",
-    "DoesNotFit",
     "Estimate",
     "EstimateOptions",
     "GgufFormatError",
@@ -45,7 +42,6 @@ __all__ = [
     "NodeInventory",
     "Policy",
     "UnknownModel",
-    "UnsupportedArchitecture",
     "describe_header",
     "estimate",
     "parse_gguf_bytes",

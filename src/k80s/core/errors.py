@@ -3,11 +3,13 @@
     K80sError
     ├── InvalidInput             the caller's fault; retrying will not help
     │   ├── GgufFormatError      malformed GGUF header: byte offset and field
-    │   ├── UnsupportedArchitecture
     │   ├── InvalidSpec          a field path and its bad value
     │   └── UnknownModel         a model name that no catalogue or registry knows
-    ├── DoesNotFit               a valid request with no room (per-die shortfall)
     └── DeviceError              shell side: NVML or kubelet failures
+
+A model that does not fit is not an error: the estimator answers with `fits=False` and the
+numbers, and each shell says so in its own terms (exit 1, a refusal reason, a Fits condition).
+An architecture without a graph formula is not one either: the estimator's fallback sizes it.
 """
 
 from __future__ import annotations
@@ -31,10 +33,6 @@ class GgufFormatError(InvalidInput):
         super().__init__(f"GGUF header at offset {offset}: {field}: {problem}")
 
 
-class UnsupportedArchitecture(InvalidInput):
-    """A model architecture the estimator cannot size."""
-
-
 class InvalidSpec(InvalidInput):
     """A field of a spec, profile, option set or annotation holds a bad value."""
 
@@ -46,10 +44,6 @@ class InvalidSpec(InvalidInput):
 
 class UnknownModel(InvalidInput):
     """A model reference that resolves to nothing."""
-
-
-class DoesNotFit(K80sError):
-    """The request is valid but the dies at hand cannot hold it."""
 
 
 class DeviceError(K80sError):

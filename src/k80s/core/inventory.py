@@ -8,7 +8,7 @@ re-publishing. It does no I/O.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
@@ -206,7 +206,3 @@ def parse_node_shape(shape: str) -> int:
     if not sep or tail.upper() != "K80" or not head.isdigit() or int(head) < 1:
         raise InvalidSpec("node shape", f"{shape!r} is not of the form <boards>xK80, e.g. 4xK80")
     return int(head)
-
-
-def free_dies(dies: Sequence[DieInfo]) -> list[DieInfo]:
-    return [d for d in dies if d.healthy and d.allocated_to is None]

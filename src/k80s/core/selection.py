@@ -11,8 +11,6 @@ If nothing fits, the estimate on all dies (partial offload) is returned with `fi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
-
 from k80s.core.estimate import DieCapacity, Estimate, estimate
 from k80s.core.options import EstimateOptions
 from k80s.core.policies import Selection
@@ -66,10 +64,3 @@ def plan_for_idle_dies(
                     return compact
             return result
     return result
-
-
-def renumber(est: Estimate, indices: Sequence[int]) -> Estimate:
-    """The same estimate with its dies relabelled (e.g. plan positions → a node's die indices)."""
-    if len(indices) != len(est.die_indices):
-        raise ValueError(f"{len(indices)} indices for {len(est.die_indices)} dies")
-    return replace(est, die_indices=tuple(indices))
