@@ -6,11 +6,14 @@ Sections are owned by the module they feed; add new ones below the last section.
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 from typing import Any
 
 from hypothesis import strategies as st
 
 from k80s.core.estimate import DieCapacity
+from k80s.core.inventory import UNHEALTHY, DieInfo, simulated_dies
+from k80s.core.placement import BoundPod
 from k80s.core.gguf import ALIGNMENT_KEY, ArrayInfo, GgufHeader, GgufTensor, ValueType
 from k80s.core.options import EstimateOptions
 from k80s.core.policies import POLICIES
@@ -225,3 +228,29 @@ def estimate_options(draw: st.DrawFn, policies: tuple[str, ...] = tuple(POLICIES
         num_batch=draw(st.sampled_from([128, 256, 512, 1024])),
         num_parallel=draw(st.integers(1, 4)),
     )
+
+
+# ==================================================================================================
+# Node inventories and bound pods (k80s.core.fit, placement) — owner: the extender
+# ==================================================================================================
+
+FREE_MIB = st.sampled_from([0, 1000, 3500, 6000, 8000, 9000, 11000, 11300, 11366])
+
+
+@st.composite
+def inventories(draw: st.DrawFn, name: str = "n") -> tuple[DieInfo, ...]:
+    boards = draw(st.integers(1, 4))
+    dies = []
+    for d in simulated_dies(name, boards):
+        free = draw(FREE_MIB)
+        die = replace(d, free_mib=free, nvml_free_mib=free + 68, used_mib=d.total_mib - free - 68)
+        if draw(st.integers(0, 9)) == 0:
+            die = replace(die, health=UNHEALTHY)
+        if draw(st.integers(0, 4)) == 0:
+            die = replace(die, allocated_to=f"ns/alloc-{d.index}")
+        dies.append(die)
+    return tuple(dies)
+
+
+bound_pod_lists = st.lists(st.builds(BoundPod, st.sampled_from(["ns/p", "ns/q", "ns/r"]), st.integers(1, 2)),
+                           max_size=3, unique_by=lambda p: p.key)

@@ -13,6 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.core.strategies import bound_pod_lists, inventories
+
 from k80s import catalogue
 from k80s.core.annotations import ESTIMATE, MODEL, OPTIONS, decode_plan_free_mib, encode_model, encode_options
 from k80s.core.errors import InvalidSpec
@@ -353,30 +355,8 @@ def test_fit_nodes_equals_fit_view_per_node() -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# Properties (fit/score strategies live here: tests/core/strategies.py is not yet committed by
-# its owner, so this module keeps its own)
+# Properties (strategies: tests/core/strategies.py)
 # ------------------------------------------------------------------------------------------------
-
-FREE_MIB = st.sampled_from([0, 1000, 3500, 6000, 8000, 9000, 11000, 11300, 11366])
-
-
-@st.composite
-def inventories(draw: st.DrawFn, name: str = "n") -> tuple[DieInfo, ...]:
-    boards = draw(st.integers(1, 4))
-    dies = []
-    for d in simulated_dies(name, boards):
-        free = draw(FREE_MIB)
-        die = replace(d, free_mib=free, nvml_free_mib=free + 68, used_mib=d.total_mib - free - 68)
-        if draw(st.integers(0, 9)) == 0:
-            die = replace(die, health=UNHEALTHY)
-        if draw(st.integers(0, 4)) == 0:
-            die = replace(die, allocated_to=f"ns/alloc-{d.index}")
-        dies.append(die)
-    return tuple(dies)
-
-
-bound_pod_lists = st.lists(st.builds(BoundPod, st.sampled_from(["ns/p", "ns/q", "ns/r"]), st.integers(1, 2)),
-                           max_size=3, unique_by=lambda p: p.key)
 
 REQUESTS = [
     FitRequest(1), FitRequest(2),
