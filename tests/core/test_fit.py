@@ -13,8 +13,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.core.strategies import bound_pod_lists, inventories
-
 from k80s import catalogue
 from k80s.core.annotations import ESTIMATE, MODEL, OPTIONS, decode_plan_free_mib, encode_model, encode_options
 from k80s.core.errors import InvalidSpec
@@ -41,6 +39,7 @@ from k80s.core.inventory import UNHEALTHY, DieInfo, simulated_dies
 from k80s.core.options import EstimateOptions
 from k80s.core.placement import BoundPod, preferred_dies, taken_dies
 from k80s.core.units import MIB
+from tests.core.strategies import bound_pod_lists, inventories
 
 G12 = catalogue.lookup("gemma3:12b")
 G4 = catalogue.lookup("gemma3:4b")
