@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import secrets
-import signal
 import statistics
 import subprocess
 import sys
@@ -55,7 +54,7 @@ from kubernetes.client.exceptions import ApiException  # noqa: E402
 
 from k80s.core.inventory import parse_node_shape  # noqa: E402
 from k80s.extender import schedconfig  # noqa: E402
-from k80s.localcluster import binaries, nodes, wait  # noqa: E402
+from k80s.localcluster import binaries, nodes, processes, wait  # noqa: E402
 from k80s.localcluster.controlplane import ControlPlane  # noqa: E402
 from k80s.operator import children  # noqa: E402
 from k80s.operator.plan import make_plan  # noqa: E402
@@ -75,13 +74,7 @@ def _env() -> dict[str, str]:
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(5)
+    processes.stop(process, 20)
 
 
 def _wait_http(url: str, timeout_s: float, what: str, log: Path) -> None:

@@ -28,7 +28,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -39,13 +38,19 @@ from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
 import click
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, RenderableType
 from rich.text import Text
 
 import k80s
 from k80s import catalogue
 from k80s.core.errors import InvalidSpec, K80sError
-from k80s.core.inventory import CONTEXT_RESERVE_MIB, IDLE_USED_MIB, K80_TOTAL_MIB, NodeInventory, parse_node_shape
+from k80s.core.inventory import (
+    CONTEXT_RESERVE_MIB,
+    IDLE_USED_MIB,
+    K80_TOTAL_MIB,
+    NodeInventory,
+    parse_node_shape,
+)
 from k80s.core.options import EstimateOptions
 from k80s.core.selection import plan_for_idle_dies
 from k80s.demo_view import (
@@ -60,6 +65,7 @@ from k80s.demo_view import (
     render_result,
     render_steps,
 )
+from k80s.localcluster import processes
 
 if TYPE_CHECKING:  # the kubernetes client takes half a second to import: only `k80s demo` pays it
     import kubernetes.client
@@ -233,15 +239,6 @@ class _Process:
             return ""
 
 
-def _die_with_parent_prefix() -> list[str]:
-    """`setpriv --pdeathsig SIGKILL --` from the main thread: the kernel kills the child when the
-    demo's main thread (its parent) dies, even by SIGKILL."""
-    if threading.current_thread() is not threading.main_thread():
-        return []
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "SIGKILL", "--"] if setpriv else []
-
-
 def _child_env() -> dict[str, str]:
     """The environment of the component processes: the k80s package this demo runs from first."""
     source = str(Path(k80s.__file__).resolve().parents[1])
@@ -250,32 +247,11 @@ def _child_env() -> dict[str, str]:
 
 
 def _spawn(name: str, argv: Sequence[str], log_path: Path) -> _Process:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        log.write(f"\n=== {time.strftime('%H:%M:%S')} starting: {' '.join(argv)}\n".encode())
-        log.flush()
-        popen = subprocess.Popen(
-            [*_die_with_parent_prefix(), *argv], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, env=_child_env(),
-        )
-    return _Process(name, popen, log_path)
+    return _Process(name, processes.spawn(argv, log_path, env=_child_env()), log_path)
 
 
-def _stop_processes(processes: Sequence[_Process], grace_s: float = STOP_GRACE_S) -> None:
-    """SIGTERM every process group at once, SIGKILL those still alive after `grace_s`, reap all."""
-    for proc in processes:
-        if proc.alive():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    for proc in processes:
-        try:
-            proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.popen.wait(timeout=10)
+def _stop_processes(procs: Sequence[_Process], grace_s: float = STOP_GRACE_S) -> None:
+    processes.stop([p.popen for p in procs], grace_s)
 
 
 def _http_status(url: str, timeout_s: float = 3.0) -> int:
@@ -411,20 +387,10 @@ class DemoStack:
 
     def start_extender(self) -> int:
         """`python -m k80s.extender` on free ports; returns its API port once /readyz is 200."""
-        proc = self.extender = _spawn("extender", [
-            sys.executable, "-m", "k80s.extender", "--kubeconfig", str(self.kubeconfig), "--port", "0",
-            "--metrics-port", "0", "--metrics-address", "127.0.0.1", "--log-format", "json",
-        ], self.logs_dir / "extender.log")
+        proc = self.extender = _spawn("extender", processes.extender_argv(self.kubeconfig), self.logs_dir / "extender.log")
         self.write_pids()
-
-        def ports() -> tuple[int, int] | None:
-            for line in proc.log_text().splitlines():
-                if '"extender listening"' in line:
-                    record = json.loads(line)
-                    return int(record["api_port"]), int(record["metrics_port"])
-            return None
-
-        api_port, metrics_port = _wait_process(proc, ports, "it logged its ports")
+        api_port, metrics_port = _wait_process(proc, lambda: processes.listening_ports(proc.log_text()),
+                                               "it logged its ports")
         _wait_process(proc, lambda: _http_status(f"http://127.0.0.1:{metrics_port}/readyz") == 200, "/readyz")
         return int(api_port)
 

@@ -13,10 +13,7 @@ import json
 import os
 import re
 import secrets
-import signal
 import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
@@ -29,7 +26,7 @@ import pytest
 
 from k80s.core.inventory import UNHEALTHY, NodeInventory
 from k80s.extender import schedconfig
-from k80s.localcluster import wait
+from k80s.localcluster import processes, wait
 from k80s.localcluster.controlplane import Component, ControlPlane
 from k80s.localcluster.devicemanager import ALLOCATE_ANNOTATION
 from k80s.localcluster.kubelet import SimulatedNode
@@ -75,34 +72,13 @@ class ExtenderProcess:
 
 def start_extender(kubeconfig: Path, log_path: Path, *extra: str) -> ExtenderProcess:
     """`python -m k80s.extender` with free ports (`--port 0`), read back from its log."""
-    log = open(log_path, "wb")  # noqa: SIM115 - the child keeps it
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "k80s.extender", "--kubeconfig", str(kubeconfig), "--port", "0",
-         "--metrics-port", "0", "--metrics-address", "127.0.0.1", "--log-format", "json", *extra],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env)
-    log.close()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"extender exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-        for line in log_path.read_text(errors="replace").splitlines():
-            if '"msg": "extender listening"' in line:
-                record = json.loads(line)
-                return ExtenderProcess(process, log_path, int(record["api_port"]), int(record["metrics_port"]))
-        time.sleep(0.1)
-    stop_process(process)
-    raise RuntimeError(f"extender did not log its ports in 60 s:\n{log_path.read_text()[-3000:]}")
+    started = processes.start_extender(kubeconfig, log_path, *extra, env=env)
+    return ExtenderProcess(started.process, started.log_path, started.api_port, started.metrics_port)
 
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(5)
+    processes.stop(process, 15)
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,6 @@ import atexit
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import ssl
@@ -44,7 +43,7 @@ import kubernetes.client
 import yaml
 
 from k80s.core.errors import K80sError
-from k80s.localcluster import binaries
+from k80s.localcluster import binaries, processes
 from k80s.localcluster.pki import Pki, make_pki
 
 STOP_GRACE_S: Final = 10.0
@@ -168,18 +167,6 @@ def _install_guards() -> None:
             for signum in (signal.SIGTERM, signal.SIGHUP):
                 if signal.getsignal(signum) is signal.SIG_DFL:
                     signal.signal(signum, _on_fatal_signal)
-
-
-def _die_with_parent_prefix() -> list[str]:
-    """`setpriv --pdeathsig SIGKILL --`: the kernel kills the component when its parent thread dies.
-
-    Only used from the main thread: the death signal follows the *thread* that forked, and the
-    main thread lives as long as the process.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return []
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "SIGKILL", "--"] if setpriv else []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -488,19 +475,8 @@ class ControlPlane:
     # -- internals -------------------------------------------------------------------------
 
     def _spawn(self, name: str, argv: Sequence[str], port: int | None = None) -> Component:
-        self.logs_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_path(name)
-        with open(log_path, "ab") as log:
-            log.write(f"\n=== {time.strftime('%H:%M:%S')} starting: {' '.join(argv)}\n".encode())
-            log.flush()
-            process = subprocess.Popen(
-                [*_die_with_parent_prefix(), *argv],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.data_dir,
-                start_new_session=True,
-            )
+        process = processes.spawn(argv, log_path, cwd=self.data_dir)
         comp = Component(name=name, argv=list(argv), log_path=log_path, process=process, port=port)
         with self._lock:
             self._components.append(comp)
@@ -562,13 +538,4 @@ class ControlPlane:
 
 def _terminate(comp: Component, grace_s: float) -> None:
     """SIGTERM the component's process group, SIGKILL after `grace_s`, and reap it."""
-    if comp.process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(comp.process.pid, signal.SIGTERM)
-    try:
-        comp.process.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(comp.process.pid, signal.SIGKILL)
-        comp.process.wait(timeout=10)
+    processes.stop(comp.process, grace_s)

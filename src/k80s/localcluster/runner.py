@@ -58,7 +58,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -78,7 +77,7 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from k80s.core.errors import K80sError
-from k80s.localcluster import binaries
+from k80s.localcluster import binaries, processes
 
 log = logging.getLogger(__name__)
 
@@ -365,27 +364,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _pdeathsig_prefix() -> list[str]:
-    """`setpriv --pdeathsig SIGKILL --`: the kernel kills the process when the supervisor thread
-    that started it ends (that thread outlives its processes, and dies with this process)."""
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "SIGKILL", "--"] if setpriv else []
-
-
-def _terminate(process: subprocess.Popen[bytes], grace_s: float) -> None:
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=10)
-
-
 @dataclass
 class _Container:
     name: str
@@ -586,7 +564,7 @@ class LocalProcessRunner:
         finally:
             for c in pod.containers:
                 if c.process is not None:
-                    _terminate(c.process, self._grace(pod))
+                    processes.stop(c.process, self._grace(pod))
 
     def _grace(self, pod: _Pod) -> float:
         declared = pod.spec.get("terminationGracePeriodSeconds")
@@ -618,14 +596,8 @@ class LocalProcessRunner:
             pod.stop.wait(TICK_S)
 
     def _start(self, c: _Container) -> None:
-        c.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(c.log_path, "ab") as out:
-            out.write(f"\n=== {time.strftime('%H:%M:%S')} starting: {' '.join(c.argv)}\n".encode())
-            out.flush()
-            c.process = subprocess.Popen(
-                [*_pdeathsig_prefix(), *c.argv], env=c.env, cwd=c.cwd, stdin=subprocess.DEVNULL,
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )
+        # The pod's supervisor thread outlives its processes, so the death signal may follow it.
+        c.process = processes.spawn(c.argv, c.log_path, env=c.env, cwd=c.cwd, any_thread=True)
         now = time.monotonic()
         c.started_at, c.ready, c.successes, c.live_failures, c.startup_failures = now, False, 0, 0, 0
         c.started_ok = c.startup is None
@@ -689,7 +661,7 @@ class LocalProcessRunner:
     def _restart(self, pod: _Pod, c: _Container, why: str) -> None:
         log.warning("killing container", extra={"pod": pod.key, "container": c.name, "reason": why})
         if c.process is not None:
-            _terminate(c.process, self._grace(pod))  # _tend sees the exit and restarts with backoff
+            processes.stop(c.process, self._grace(pod))  # _tend sees the exit and restarts with backoff
 
     def _stop_records(self, records: Sequence[_Pod]) -> None:
         for r in records:
