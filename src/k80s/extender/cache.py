@@ -21,7 +21,7 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
@@ -30,6 +30,7 @@ from k80s.core.fit import DieVector, NodeView, node_view
 from k80s.core.inventory import NodeInventory
 from k80s.core.placement import BoundPod
 from k80s.extender.wire import DIES_ANNOTATION, node_annotation, node_name, pod_info
+from k80s.kubewatch import WatchGone, follow_watch
 
 log = logging.getLogger(__name__)
 
@@ -278,10 +279,6 @@ def _pod_record(pod: Mapping[str, Any]) -> _Pod | None:
 # ==================================================================================================
 
 
-class _Gone(Exception):
-    """The watch's resourceVersion is too old (HTTP 410): relist."""
-
-
 ListCall = Callable[..., Any]
 
 
@@ -343,7 +340,7 @@ class Informer:
                         self._on_synced()
                 resource_version = self._watch(resource_version)
                 failures = 0
-            except _Gone:
+            except WatchGone:
                 log.info("watch expired (410 Gone); relisting", extra={"resource": self.kind})
                 resource_version = None
             except Exception as exc:  # noqa: BLE001 - the informer must outlive API hiccups
@@ -376,55 +373,12 @@ class Informer:
         return str(meta.get("resourceVersion") or "")
 
     def _watch(self, resource_version: str) -> str:
-        from kubernetes.client.exceptions import ApiException
+        """Follow the watch until the server closes it; returns the last resourceVersion seen."""
+        return follow_watch(self._list_call, resource_version, timeout_s=self._watch_timeout_s,
+                            on_event=self._on_event, stopped=self._stop.is_set, hold=self._hold, **self._kwargs())
 
-        try:
-            response = self._list_call(
-                watch=True,
-                resource_version=resource_version,
-                allow_watch_bookmarks=True,
-                timeout_seconds=self._watch_timeout_s,
-                _preload_content=False,
-                _request_timeout=(10, self._watch_timeout_s + 30),
-                **self._kwargs(),
-            )
-        except ApiException as exc:
-            if exc.status == 410:
-                raise _Gone from None
-            raise
+    def _hold(self, response: Any) -> None:
         self._response = response
-        try:
-            for line in _lines(response):
-                if self._stop.is_set():
-                    break
-                event = json.loads(line)
-                kind, obj = event.get("type"), event.get("object") or {}
-                if kind == "ERROR":
-                    if obj.get("code") == 410:
-                        raise _Gone
-                    raise ApiException(status=obj.get("code"), reason=f"{obj.get('reason')}: {obj.get('message')}")
-                resource_version = str((obj.get("metadata") or {}).get("resourceVersion") or resource_version)
-                if kind == "BOOKMARK":
-                    continue
-                self._on_event(str(kind), obj)
-        finally:
-            self._response = None
-            with contextlib.suppress(Exception):
-                response.release_conn()
-        return resource_version
-
-
-def _lines(response: Any) -> Iterator[bytes]:
-    """Newline-delimited JSON events of a watch response."""
-    pending = b""
-    for chunk in response.stream(amt=None, decode_content=True):
-        pending += chunk
-        while b"\n" in pending:
-            line, pending = pending.split(b"\n", 1)
-            if line.strip():
-                yield line
-    if pending.strip():
-        yield pending
 
 
 def start_informers(

@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -40,8 +40,15 @@ import kubernetes.client
 from kubernetes.client.exceptions import ApiException
 
 from k80s.core.inventory import parse_node_shape
+from k80s.kubewatch import WatchGone, follow_watch
 from k80s.localcluster import nodes
-from k80s.localcluster.devicemanager import ALLOCATE_ANNOTATION, DIE_RESOURCE, Admission, DeviceManager, pod_die_request
+from k80s.localcluster.devicemanager import (
+    ALLOCATE_ANNOTATION,
+    DIE_RESOURCE,
+    Admission,
+    DeviceManager,
+    pod_die_request,
+)
 from k80s.localcluster.runner import ContainerRunner
 
 log = logging.getLogger(__name__)
@@ -72,10 +79,6 @@ class _PodRecord:
     active: bool = False  # admitted and not ended: holds its dies
     device_admitted: bool = False  # the device manager allocated for it (release on end)
     delete_sent: bool = False
-
-
-class _Gone(Exception):
-    """The watch's resourceVersion is too old (HTTP 410): relist."""
 
 
 class SimulatedKubelet:
@@ -215,7 +218,7 @@ class SimulatedKubelet:
                     self._synced.set()
                 resource_version = self._watch(resource_version)
                 failures = 0
-            except _Gone:
+            except WatchGone:
                 resource_version = None
             except Exception as exc:  # noqa: BLE001 - the kubelet must survive API hiccups
                 if self._stop.is_set():
@@ -249,40 +252,14 @@ class SimulatedKubelet:
 
     def _watch(self, resource_version: str) -> str:
         """Follow the watch until the server closes it; returns the last resourceVersion seen."""
-        try:
-            response: Any = self._core.list_pod_for_all_namespaces(
-                field_selector=self._field_selector(),
-                watch=True,
-                resource_version=resource_version,
-                allow_watch_bookmarks=True,
-                timeout_seconds=self._watch_timeout_s,
-                _preload_content=False,
-                _request_timeout=(10, self._watch_timeout_s + 30),
-            )
-        except ApiException as exc:
-            if exc.status == 410:
-                raise _Gone from None
-            raise
+        return follow_watch(self._core.list_pod_for_all_namespaces, resource_version, timeout_s=self._watch_timeout_s,
+                            on_event=self._on_watch_event, stopped=self._stop.is_set, hold=self._hold, field_selector=self._field_selector())
+
+    def _hold(self, response: Any) -> None:
         self._response = response
-        try:
-            for line in _lines(response):
-                if self._stop.is_set():
-                    break
-                event = json.loads(line)
-                kind, obj = event.get("type"), event.get("object") or {}
-                if kind == "ERROR":
-                    if obj.get("code") == 410:
-                        raise _Gone
-                    raise ApiException(status=obj.get("code"), reason=f"{obj.get('reason')}: {obj.get('message')}")
-                resource_version = str(obj.get("metadata", {}).get("resourceVersion") or resource_version)
-                if kind == "BOOKMARK":
-                    continue
-                self._handle(obj, deleted=kind == "DELETED")
-        finally:
-            self._response = None
-            with contextlib.suppress(Exception):
-                response.release_conn()
-        return resource_version
+
+    def _on_watch_event(self, kind: str, pod: Mapping[str, Any]) -> None:
+        self._handle(pod, deleted=kind == "DELETED")
 
     # -- pod handling ----------------------------------------------------------------------
 
@@ -455,19 +432,6 @@ def _running_and_ready(pod: Mapping[str, Any]) -> bool:
     status = pod.get("status") or {}
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
     return status.get("phase") == "Running" and ready
-
-
-def _lines(response: Any) -> Iterator[str]:
-    """Newline-delimited JSON events of a watch response."""
-    pending = b""
-    for chunk in response.stream(amt=None, decode_content=True):
-        pending += chunk
-        while b"\n" in pending:
-            line, pending = pending.split(b"\n", 1)
-            if line.strip():
-                yield line.decode()
-    if pending.strip():
-        yield pending.decode()
 
 
 # ---------------------------------------------------------------------------------------------
