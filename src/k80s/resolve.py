@@ -19,10 +19,9 @@ import yaml
 from k80s import catalogue
 from k80s.core.errors import InvalidSpec, UnknownModel
 from k80s.core.profile import ModelProfile
-from k80s.core.shapes import ModelShape, profile_from_shape
+from k80s.core.shapes import profile_from_shape, shape_from_mapping
 
 GGUF_MAGIC = b"GGUF"
-_SHAPE_KEYS = ModelShape.__dataclass_fields__
 
 
 def resolve_local(ref: str) -> ModelProfile:
@@ -62,35 +61,5 @@ def profile_from_document(data: Any, where: str) -> ModelProfile:
     if not isinstance(data, dict):
         raise InvalidSpec(where, "a profile file must hold a mapping with `tensorGroups` (a profile) or `shape`")
     if "shape" in data:
-        return profile_from_shape(shape_from_dict(data["shape"], f"{where}: shape"))
+        return profile_from_shape(shape_from_mapping(data["shape"], f"{where}: shape"))
     return ModelProfile.from_dict(data, f"{where}: profile")
-
-
-def shape_from_dict(raw: Any, where: str) -> ModelShape:
-    if not isinstance(raw, dict):
-        raise InvalidSpec(where, "expected a mapping")
-    unknown = sorted(set(raw) - set(_SHAPE_KEYS) - {"tied"})
-    if unknown:
-        raise InvalidSpec(where, f"unknown keys {', '.join(unknown)}")
-    required = ("name", "architecture", "layers", "embedding", "heads", "kv_heads", "head_dim", "feed_forward", "vocab_tokens")
-    missing = [k for k in required if k not in raw]
-    if missing:
-        raise InvalidSpec(where, f"missing {', '.join(missing)}")
-    ints = [k for k in required[2:] if isinstance(raw[k], bool) or not isinstance(raw[k], int) or raw[k] <= 0]
-    if ints:
-        raise InvalidSpec(where, f"{', '.join(ints)} must be positive integers")
-    return ModelShape(
-        name=str(raw["name"]),
-        architecture=str(raw["architecture"]),
-        layers=raw["layers"],
-        embedding=raw["embedding"],
-        heads=raw["heads"],
-        kv_heads=raw["kv_heads"],
-        head_dim=raw["head_dim"],
-        feed_forward=raw["feed_forward"],
-        vocab_tokens=raw["vocab_tokens"],
-        context_length=int(raw.get("context_length", 0)),
-        tied_embeddings=bool(raw.get("tied", raw.get("tied_embeddings", False))),
-        sliding_window=int(raw.get("sliding_window", 0)),
-        grade="C",
-    )

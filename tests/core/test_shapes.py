@@ -96,3 +96,26 @@ def test_unknown_tag_names_the_catalogue() -> None:
     with pytest.raises(UnknownModel, match="gemma3:12b"):
         catalogue.lookup("gemma9:1t")
     assert catalogue.lookup("library/gemma3:12b").name == "gemma3:12b"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"color": "red"}, "unknown keys color"),
+        ({"layers": None}, "layers must be positive integers"),
+        ({"heads": 0}, "heads must be positive integers"),
+        ({"vision": "clip"}, "'clip' is not one of siglip"),
+    ],
+)
+def test_shape_files_are_validated_with_the_field_named(change: dict[str, object], message: str) -> None:
+    from k80s.core.errors import InvalidSpec
+    from k80s.core.shapes import shape_from_mapping
+
+    row = {"name": "m", "architecture": "llama", "layers": 2, "embedding": 256, "heads": 2, "kv_heads": 2,
+           "head_dim": 128, "feed_forward": 512, "vocab_tokens": 1000}
+    assert shape_from_mapping(row, "x").grade == "C"
+    with pytest.raises(InvalidSpec, match=message):
+        shape_from_mapping({**row, **change}, "shape file")
+    without = {k: v for k, v in row.items() if k != "vocab_tokens"}
+    with pytest.raises(InvalidSpec, match="missing vocab_tokens"):
+        shape_from_mapping(without, "shape file")

@@ -9,15 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
 
 import yaml
 
 from k80s.core.errors import UnknownModel
 from k80s.core.profile import ModelProfile
-from k80s.core.shapes import GEMMA3_SIGLIP, ModelShape, profile_from_shape
-
-_VISION = {"siglip": GEMMA3_SIGLIP}
+from k80s.core.shapes import ModelShape, profile_from_shape, shape_from_mapping
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,32 +35,17 @@ class CatalogueEntry:
         return _profile(self.shape.name)
 
 
-def _shape(row: dict[str, Any]) -> ModelShape:
-    return ModelShape(
-        name=row["name"],
-        architecture=row["architecture"],
-        layers=row["layers"],
-        embedding=row["embedding"],
-        heads=row["heads"],
-        kv_heads=row["kv_heads"],
-        head_dim=row["head_dim"],
-        feed_forward=row["feed_forward"],
-        vocab_tokens=row["vocab_tokens"],
-        context_length=row["context_length"],
-        tied_embeddings=row["tied"],
-        sliding_window=row.get("sliding_window", 0),
-        vision=_VISION[row["vision"]] if row.get("vision") else None,
-        experts=row.get("experts", 0),
-        grade=row["grade"],
-        notes=" ".join(str(row.get("notes", "")).split()),
-    )
-
-
 @cache
 def entries() -> tuple[CatalogueEntry, ...]:
     text = resources.files(__name__).joinpath("models.yaml").read_text(encoding="utf-8")
     rows = yaml.safe_load(text)["models"]
-    return tuple(CatalogueEntry(_shape(r), " ".join(str(r.get("derivation", "")).split())) for r in rows)
+    return tuple(
+        CatalogueEntry(
+            shape_from_mapping({k: v for k, v in r.items() if k != "derivation"}, f"catalogue {r.get('name')}"),
+            " ".join(str(r.get("derivation", "")).split()),
+        )
+        for r in rows
+    )
 
 
 def canonical_name(name: str) -> str:

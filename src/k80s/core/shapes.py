@@ -9,9 +9,11 @@ GGUF header would give, so `k80s estimate gemma3:12b` works offline and byte-exa
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
+from k80s.core.errors import InvalidSpec
 from k80s.core.profile import ModelProfile, VisionShape
 
 F32, F16, Q4_K, Q6_K, BF16, MXFP4 = 0, 1, 12, 14, 30, 4
@@ -131,4 +133,48 @@ def profile_from_shape(s: ModelShape) -> ModelProfile:
         tensor_groups=groups,
         file_type=15,  # Q4_K_M
         source="catalogue",
+    )
+
+
+VISION_TOWERS: Final = {"siglip": GEMMA3_SIGLIP}
+_REQUIRED: Final = ("name", "architecture", "layers", "embedding", "heads", "kv_heads", "head_dim", "feed_forward",
+                    "vocab_tokens")
+_OPTIONAL: Final = ("context_length", "tied", "sliding_window", "vision", "experts", "grade", "notes")
+
+
+def shape_from_mapping(raw: Any, where: str, *, default_grade: str = "C") -> ModelShape:
+    """A `ModelShape` from its YAML/JSON form (a catalogue row or a profile file's `shape:`);
+    InvalidSpec naming `where` and the field for anything missing, unknown or not a positive size."""
+    if not isinstance(raw, Mapping):
+        raise InvalidSpec(where, "expected a mapping")
+    unknown = sorted(set(raw) - set(_REQUIRED) - set(_OPTIONAL))
+    if unknown:
+        raise InvalidSpec(where, f"unknown keys {', '.join(unknown)}")
+    missing = [k for k in _REQUIRED if k not in raw]
+    if missing:
+        raise InvalidSpec(where, f"missing {', '.join(missing)}")
+    sizes = _REQUIRED[2:]
+    bad = [k for k in sizes if isinstance(raw[k], bool) or not isinstance(raw[k], int) or raw[k] <= 0]
+    if bad:
+        raise InvalidSpec(where, f"{', '.join(bad)} must be positive integers")
+    vision_name = raw.get("vision")
+    if vision_name is not None and vision_name not in VISION_TOWERS:
+        raise InvalidSpec(f"{where}.vision", f"{vision_name!r} is not one of {', '.join(VISION_TOWERS)}")
+    return ModelShape(
+        name=str(raw["name"]),
+        architecture=str(raw["architecture"]),
+        layers=raw["layers"],
+        embedding=raw["embedding"],
+        heads=raw["heads"],
+        kv_heads=raw["kv_heads"],
+        head_dim=raw["head_dim"],
+        feed_forward=raw["feed_forward"],
+        vocab_tokens=raw["vocab_tokens"],
+        context_length=int(raw.get("context_length", 0)),
+        tied_embeddings=bool(raw.get("tied", False)),
+        sliding_window=int(raw.get("sliding_window", 0)),
+        vision=VISION_TOWERS[vision_name] if vision_name is not None else None,
+        experts=int(raw.get("experts", 0)),
+        grade=str(raw.get("grade", default_grade)),
+        notes=" ".join(str(raw.get("notes", "")).split()),
     )
