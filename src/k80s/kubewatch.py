@@ -20,6 +20,22 @@ class WatchGone(Exception):
     """The watch's resourceVersion is too old (HTTP 410): relist."""
 
 
+class WatchSlot:
+    """The open watch response of one follower, so another thread can shut it to stop early."""
+
+    def __init__(self) -> None:
+        self._response: Any = None
+
+    def hold(self, response: Any) -> None:
+        self._response = response
+
+    def shutdown(self) -> None:
+        response = self._response
+        if response is not None:
+            with contextlib.suppress(Exception):
+                response.shutdown()
+
+
 def watch_lines(response: Any) -> Iterator[bytes]:
     """Newline-delimited JSON events of a watch response."""
     pending = b""

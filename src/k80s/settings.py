@@ -15,6 +15,7 @@ component passes converters for anything else.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import field, fields
 from pathlib import Path
@@ -155,6 +156,18 @@ class SettingsLoader(Generic[S]):
         if self._validate is not None:
             self._validate(settings)
         return settings
+
+    def command_line(self, argv: Sequence[str], environ: Mapping[str, str]) -> S | int:
+        """What a program's `main` does first: the settings, or an exit code after printing
+        `--help` (0) or one error line naming the flag (2)."""
+        if any(a in ("-h", "--help") for a in argv):
+            print(self.help_text())
+            return 0
+        try:
+            return self.load(argv, environ)
+        except InvalidSpec as exc:
+            print(f"{self.prog}: error: {exc}", file=sys.stderr)
+            return 2
 
     # -- checks the components share ------------------------------------------------------------
 

@@ -16,8 +16,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from k80s.core.errors import InvalidInput, K80sError
 from k80s import logs
+from k80s.core.errors import K80sError
 from k80s.extender import settings as extender_settings
 from k80s.extender.server import ApiClientFactory, ExtenderServer
 from k80s.extender.settings import ExtenderSettings
@@ -67,15 +67,9 @@ async def serve(settings: ExtenderSettings, factory: ApiClientFactory) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in args or "--help" in args:
-        print(extender_settings.help_text())
-        return 0
-    try:
-        s = extender_settings.load(args, os.environ)
-    except InvalidInput as exc:
-        print(f"k80s-extender: error: {exc}", file=sys.stderr)
-        return 2
+    s = extender_settings.LOADER.command_line(list(sys.argv[1:] if argv is None else argv), os.environ)
+    if isinstance(s, int):
+        return s
     logs.configure(s.log_format, s.log_level)
     # Informer threads parse watch events while requests wait: hand the GIL over every 0.5 ms
     # instead of 5 ms, so a request never queues behind a burst of events for long.

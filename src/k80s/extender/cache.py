@@ -17,7 +17,6 @@ directly (`upsert_node`, `upsert_pod`, `mark_synced`).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import threading
@@ -30,7 +29,7 @@ from k80s.core.fit import DieVector, NodeView, node_view
 from k80s.core.inventory import NodeInventory
 from k80s.core.placement import BoundPod
 from k80s.extender.wire import DIES_ANNOTATION, node_annotation, node_name, pod_info
-from k80s.kubewatch import WatchGone, follow_watch
+from k80s.kubewatch import WatchGone, WatchSlot, follow_watch
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +305,7 @@ class Informer:
         self._selector = field_selector
         self._watch_timeout_s = watch_timeout_s
         self._stop = threading.Event()
-        self._response: Any = None
+        self._watch_slot = WatchSlot()
         self._thread = threading.Thread(target=self._run, name=f"k80s-extender-{kind}", daemon=True)
         self.synced = threading.Event()
 
@@ -316,10 +315,7 @@ class Informer:
     def request_stop(self) -> None:
         """Ask the thread to end (returns at once; an open watch is shut down)."""
         self._stop.set()
-        response = self._response
-        if response is not None:
-            with contextlib.suppress(Exception):
-                response.shutdown()
+        self._watch_slot.shutdown()
 
     def stop(self, timeout_s: float = 5.0) -> None:
         self.request_stop()
@@ -375,10 +371,7 @@ class Informer:
     def _watch(self, resource_version: str) -> str:
         """Follow the watch until the server closes it; returns the last resourceVersion seen."""
         return follow_watch(self._list_call, resource_version, timeout_s=self._watch_timeout_s,
-                            on_event=self._on_event, stopped=self._stop.is_set, hold=self._hold, **self._kwargs())
-
-    def _hold(self, response: Any) -> None:
-        self._response = response
+                            on_event=self._on_event, stopped=self._stop.is_set, hold=self._watch_slot.hold, **self._kwargs())
 
 
 def start_informers(

@@ -23,7 +23,6 @@ the fixtures and `k80s demo`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import shutil
@@ -40,7 +39,7 @@ import kubernetes.client
 from kubernetes.client.exceptions import ApiException
 
 from k80s.core.inventory import parse_node_shape
-from k80s.kubewatch import WatchGone, follow_watch
+from k80s.kubewatch import WatchGone, WatchSlot, follow_watch
 from k80s.localcluster import nodes
 from k80s.localcluster.devicemanager import (
     ALLOCATE_ANNOTATION,
@@ -116,7 +115,7 @@ class SimulatedKubelet:
         self._stop = threading.Event()
         self._synced = threading.Event()
         self._thread: threading.Thread | None = None
-        self._response: Any = None
+        self._watch_slot = WatchSlot()
         self._ip_counter = 0
         self._node_token = zlib.crc32(node_name.encode())
 
@@ -150,10 +149,7 @@ class SimulatedKubelet:
     def request_stop(self) -> None:
         """Ask the watch thread to end (returns at once; `stop()` waits)."""
         self._stop.set()
-        response = self._response
-        if response is not None:
-            with contextlib.suppress(Exception):
-                response.shutdown()
+        self._watch_slot.shutdown()
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """Stop the pod watch and the device manager. The Node object stays (see `delete_node`)."""
@@ -253,10 +249,7 @@ class SimulatedKubelet:
     def _watch(self, resource_version: str) -> str:
         """Follow the watch until the server closes it; returns the last resourceVersion seen."""
         return follow_watch(self._core.list_pod_for_all_namespaces, resource_version, timeout_s=self._watch_timeout_s,
-                            on_event=self._on_watch_event, stopped=self._stop.is_set, hold=self._hold, field_selector=self._field_selector())
-
-    def _hold(self, response: Any) -> None:
-        self._response = response
+                            on_event=self._on_watch_event, stopped=self._stop.is_set, hold=self._watch_slot.hold, field_selector=self._field_selector())
 
     def _on_watch_event(self, kind: str, pod: Mapping[str, Any]) -> None:
         self._handle(pod, deleted=kind == "DELETED")

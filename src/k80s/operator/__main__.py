@@ -18,12 +18,11 @@ from collections.abc import Sequence
 import kopf
 
 from k80s import logs
-from k80s.core.errors import InvalidInput
 from k80s.operator import kube
 from k80s.operator.handlers import Reconciler, build_registry
 from k80s.operator.leader import LeaseElector
 from k80s.operator.server import HealthServer
-from k80s.operator.settings import OperatorSettings, help_text, load
+from k80s.operator.settings import LOADER, OperatorSettings
 
 log = logging.getLogger("k80s.operator")
 
@@ -108,15 +107,9 @@ async def run(settings: OperatorSettings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        print(help_text())
-        return 0
-    try:
-        settings = load(args, os.environ)
-    except InvalidInput as exc:
-        print(f"k80s-operator: {exc}", file=sys.stderr)
-        return 2
+    settings = LOADER.command_line(list(sys.argv[1:] if argv is None else argv), os.environ)
+    if isinstance(settings, int):
+        return settings
     configure_logging(settings)
     return asyncio.run(run(settings))
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from k80s import logs
-from k80s.core.errors import InvalidInput, K80sError
+from k80s.core.errors import K80sError
 from k80s.plugin import settings as plugin_settings
 from k80s.plugin.backend import DieBackend
 from k80s.plugin.settings import PluginSettings
@@ -39,18 +39,16 @@ def make_backend(s: PluginSettings) -> DieBackend:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in args or "--help" in args:
-        print(plugin_settings.help_text())
-        return 0
-    try:
-        s = plugin_settings.load(args, os.environ)
-    except InvalidInput as exc:
-        print(f"k80s-plugin: error: {exc}", file=sys.stderr)
-        return 2
+    s = plugin_settings.LOADER.command_line(list(sys.argv[1:] if argv is None else argv), os.environ)
+    if isinstance(s, int):
+        return s
     configure_logging(s)
 
-    from k80s.plugin.publisher import KubernetesNodeApi, kubernetes_core_api, node_patch_with
+    from k80s.plugin.publisher import (
+        KubernetesNodeApi,
+        kubernetes_core_api,
+        node_patch_with,
+    )
     from k80s.plugin.server import PluginServer
     from k80s.plugin.startup import StartupTaintRemover
 
