@@ -243,11 +243,19 @@ def test_refused_on_full_dies_pending_with_reasons_then_placed_when_memory_frees
     # The dies free up: the plugin re-publishes, the Node update requeues the pod, and it lands.
     # kube-scheduler may retry on that Node event before the extender's own informer has seen it
     # (two watches, no ordering between them); the extender then refuses once more and the pod
-    # waits for the next event. So wait until the extender agrees, then publish again (the plugin
-    # stamps `updated` on every publish), which is the event the retry needs.
+    # waits for the next event. So wait until the extender agrees (or the retry already won: once
+    # bound, the pod's own dies count as taken and the extender no longer fits it there), then
+    # publish again (the plugin stamps `updated` on every publish), which is the event a lost
+    # retry needs.
     set_inventory(core, full.name, idle_full)
-    until(lambda: full.name in (extender.call("filter", as_scheduler_sees(pod, namespace), [full.name])["NodeNames"] or []),
-          "the extender's cache to see the freed dies")
+
+    def freed_or_bound() -> bool:
+        if core.read_namespaced_pod("gemma-4096", namespace).spec.node_name:
+            return True
+        fitting = extender.call("filter", as_scheduler_sees(pod, namespace), [full.name])["NodeNames"] or []
+        return full.name in fitting
+
+    until(freed_or_bound, "the extender's cache to see the freed dies")
     set_inventory(core, full.name, replace(idle_full, updated="2026-11-25T12:00:01Z"))
     bound = wait.pod_scheduled(admin, namespace, "gemma-4096", timeout_s=60)
     assert bound.spec.node_name == full.name
