@@ -461,3 +461,41 @@ def estimate(profile: ModelProfile, dies: Sequence[DieCapacity], options: Estima
         context_tokens=context,
         batch_tokens=batch,
     )
+
+
+def physical_die_bytes(profile: ModelProfile, plan: Estimate, options: EstimateOptions) -> tuple[int, ...]:
+    """What each die of `plan` will physically hold, in the plan's die order (estimator.md §11).
+
+    The runner lays blocks out contiguously in proportion to the split (block i on the die g with
+    cum[g−1] ≤ i < cum[g]) and puts the output layer on the last die holding layers, whatever die
+    the estimate booked it on. Per die: its blocks' weights and KV, the graph the plan reserves
+    there, and on that last die the output weights plus the vision tower, whose graph shares the
+    compute buffer (max of the two, not the sum). Not in it: Ollama's per-die minimum-memory
+    cushion and the CUDA context, which a shared slot pays for separately (`k80s.core.sharing`).
+    """
+    split = plan.tensor_split
+    if not split or not any(split):
+        return ()
+    v012 = options.resolved_policy.v012
+    sizes = _model_sizes(profile, v012)
+    context, batch = effective_context(profile, options)
+    fa = options.flash_attention and _model_supports_flash_attention(profile, v012)  # K80 dies pass the driver test
+    kv_type = options.kv_cache_type if fa else "f16"
+    kv = graph_size(profile, context, batch, options.num_parallel, kv_type, v012=v012, flash_attention=fa).kv
+    block_kv = kv if sizes.kv_source is None else [kv[j] for j in sizes.kv_source]
+    held = [0] * len(split)
+    block = 0
+    for g, count in enumerate(split):
+        for _ in range(count):
+            if block < profile.block_count:
+                held[g] += sizes.block_weights[block] + block_kv[block]
+            block += 1
+    last = max(g for g, count in enumerate(split) if count > 0)
+    for g, count in enumerate(split):
+        if count > 0:
+            graph = plan.die_graph_bytes[g]
+            if g == last:
+                held[g] += sizes.output + sizes.vision_weights
+                graph = max(graph, sizes.vision_graph)
+            held[g] += graph
+    return tuple(held)

@@ -48,6 +48,8 @@ class DieInfo:
     health: str = HEALTHY
     compute_capability: str = "3.7"
     allocated_to: str | None = None
+    reserved_mib: int = 0  # shared mode: Σ MiB of the slots assigned here (reference/sharing.md §7.5)
+    shared_by: tuple[str, ...] = ()  # shared mode: the pods holding those slots, "namespace/pod"
 
     @property
     def healthy(self) -> bool:
@@ -66,6 +68,7 @@ class DieInfo:
             "health": self.health,
             "computeCapability": self.compute_capability,
             "allocatedTo": self.allocated_to,
+            **({"reservedMiB": self.reserved_mib, "sharedBy": list(self.shared_by)} if self.shared_by else {}),
         }
 
 
@@ -135,6 +138,9 @@ def _die_from_dict(d: Any, path: str) -> DieInfo:
     if allocated is not None and not isinstance(allocated, str):
         raise InvalidSpec(f"{path}.allocatedTo", f"expected a string or null, got {allocated!r}")
     free = need("freeMiB", int)
+    shared_by = d.get("sharedBy") or []
+    if not isinstance(shared_by, list) or not all(isinstance(p, str) for p in shared_by):
+        raise InvalidSpec(f"{path}.sharedBy", f"expected a list of strings, got {shared_by!r}")
     return DieInfo(
         uuid=need("uuid", str),
         index=need("index", int),
@@ -147,6 +153,8 @@ def _die_from_dict(d: Any, path: str) -> DieInfo:
         health=need("health", str),
         compute_capability=str(d.get("computeCapability") or "3.7"),
         allocated_to=allocated,
+        reserved_mib=int(d.get("reservedMiB", 0)),
+        shared_by=tuple(shared_by),
     )
 
 
@@ -186,13 +194,15 @@ def with_allocations(inv: NodeInventory, allocated: Mapping[str, str]) -> NodeIn
 
 
 def needs_republish(old: NodeInventory | None, new: NodeInventory) -> bool:
-    """Re-publish on a change of health, allocation or board, or a freeMiB move ≥ 64 MiB."""
+    """Re-publish on a change of health, allocation, shares or board, or a freeMiB move ≥ 64 MiB."""
     if old is None or len(old.dies) != len(new.dies):
         return True
     before = old.by_uuid()
     for d in new.dies:
         o = before.get(d.uuid)
-        if o is None or (o.health, o.allocated_to, o.board) != (d.health, d.allocated_to, d.board):
+        if o is None or (o.health, o.allocated_to, o.board, o.shared_by, o.reserved_mib) != (
+            d.health, d.allocated_to, d.board, d.shared_by, d.reserved_mib
+        ):
             return True
         if abs(o.free_mib - d.free_mib) >= REPUBLISH_FREE_DELTA_MIB:
             return True

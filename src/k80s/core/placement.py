@@ -9,14 +9,19 @@ the scheduler extender and `k80s plan`, so all three agree (design.md, Die choic
 
 The result is in CUDA order (lower board, lower index first): the order of CUDA_VISIBLE_DEVICES,
 so the last die is the seed policy's primary.
+
+Shared dies (node pools in `shared` mode) have their own rule, `assign_slots`: dies by the memory
+each slot of the plan needs, not whole dies.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import permutations
 
 from k80s.core.inventory import DieInfo
+from k80s.core.sharing import DieLedger, overused, shareable_mib
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,3 +105,79 @@ def _board_ranks(inventory: Sequence[DieInfo]) -> dict[str, int]:
     for d in inventory:
         lowest[d.board] = min(d.index, lowest.get(d.board, d.index))
     return {b: rank for rank, b in enumerate(sorted(lowest, key=lowest.__getitem__))}
+
+
+@dataclass(frozen=True, slots=True)
+class SlotAssignment:
+    """Dies for a pod's shared slots, in slot order, and how tightly they fit."""
+
+    dies: tuple[DieInfo, ...]
+    leftover_mib: int  # Σ (room − slot) over the chosen dies: lower packs tighter
+    new_boards: int  # boards with no reservation before this pod: lower keeps boards free
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """Lower is better; nodes are ranked by it too."""
+        return (self.new_boards, self.leftover_mib)
+
+
+def assign_slots(
+    inventory: Sequence[DieInfo],
+    ledger: DieLedger,
+    slots: Sequence[int],
+    same_board: bool = False,
+) -> SlotAssignment | None:
+    """The dies a shared pod's slots get on a node (reference/sharing.md §7.2), or None.
+
+    One die per slot, each with room (what it offers to shares less its ledger) for the slot's
+    MiB. Among the ways that fit: fewest boards not already in use, then the least leftover, then
+    the existing tie order (lower board, lower index). `same_board` puts both slots of a two-slot
+    plan on the two dies of one board, in either orientation. Never an unhealthy die, a die
+    allocated whole (`allocatedTo`), or one whose NVML use exceeds its ledger plus margin.
+    The extender's filter and bind verb and `k80s plan` all call this, so all three agree.
+    """
+    if not slots:
+        return None
+    rank = _board_ranks(inventory)
+    room = {
+        d.uuid: shareable_mib(d) - ledger.reserved_mib(d.uuid)
+        for d in inventory
+        if d.healthy and d.allocated_to is None and not overused(d, ledger.reserved_mib(d.uuid))
+    }
+    usable = sorted((d for d in inventory if d.uuid in room), key=lambda d: (rank[d.board], d.index))
+    in_use = {d.board for d in inventory if ledger.reserved_mib(d.uuid) > 0}
+
+    def scored(dies: Sequence[DieInfo]) -> SlotAssignment:
+        return SlotAssignment(
+            dies=tuple(dies),
+            leftover_mib=sum(room[d.uuid] - m for d, m in zip(dies, slots, strict=True)),
+            new_boards=len({d.board for d in dies} - in_use),
+        )
+
+    if same_board:
+        best: SlotAssignment | None = None
+        for board_dies in _by_board(usable).values():
+            for dies in permutations(board_dies, len(slots)):
+                if all(room[d.uuid] >= m for d, m in zip(dies, slots, strict=True)):
+                    candidate = scored(dies)
+                    if best is None or candidate.key < best.key:  # strict: first wins ties
+                        best = candidate
+        return best
+
+    chosen: dict[int, DieInfo] = {}
+    boards = set(in_use)
+    for i in sorted(range(len(slots)), key=lambda i: (-slots[i], i)):  # the biggest slot chooses first
+        fitting = [d for d in usable if d not in chosen.values() and room[d.uuid] >= slots[i]]
+        if not fitting:
+            return None
+        die = min(fitting, key=lambda d: (d.board not in boards, room[d.uuid] - slots[i]))
+        chosen[i] = die
+        boards.add(die.board)
+    return scored([chosen[i] for i in range(len(slots))])
+
+
+def _by_board(dies: Iterable[DieInfo]) -> dict[str, list[DieInfo]]:
+    boards: dict[str, list[DieInfo]] = {}
+    for d in dies:
+        boards.setdefault(d.board, []).append(d)
+    return boards
