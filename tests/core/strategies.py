@@ -254,3 +254,11 @@ def inventories(draw: st.DrawFn, name: str = "n") -> tuple[DieInfo, ...]:
 
 bound_pod_lists = st.lists(st.builds(BoundPod, st.sampled_from(["ns/p", "ns/q", "ns/r"]), st.integers(1, 2)),
                            max_size=3, unique_by=lambda p: p.key)
+
+
+# ==================================================================================================
+# Shared-die slots (k80s.core.sharing, assign_slots) — owner: shared dies
+# ==================================================================================================
+
+SHARE_SLOT_LISTS = st.lists(st.integers(min_value=1, max_value=11434), min_size=1, max_size=3)
+"""A pod's slot MiB in CUDA order: one to three dies, each at most one idle die's shareable MiB."""
