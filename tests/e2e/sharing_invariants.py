@@ -1,0 +1,123 @@
+"""The shared-die invariants of reference/sharing.md §8 (V3), checked on raw API objects.
+
+`violations(nodes, pods)` is pure: it reads the Node and Pod JSON as the apiserver returns it and
+recomputes everything from the annotations and resource requests itself, so it does not trust the
+extender's ledger. `InvariantWatch` runs it on every watch event of a test and keeps what it found.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import kubernetes.client
+import kubernetes.watch
+
+SHAREABLE_MIB = 11441 - 7  # an idle die's NVML free (written out again here on purpose)
+TERMINAL = ("Succeeded", "Failed")
+
+
+def _annotations(obj: Mapping[str, Any]) -> Mapping[str, str]:
+    return obj.get("metadata", {}).get("annotations") or {}
+
+
+def _mib(quantity: Any) -> int:
+    return int(str(quantity or 0))
+
+
+def violations(nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]]) -> list[str]:
+    found: list[str] = []
+    by_node = {n["metadata"]["name"]: n for n in nodes}
+    die_mib: dict[str, int] = {}
+    node_mib: dict[str, int] = {}
+    for pod in pods:
+        name = f"{pod['metadata'].get('namespace')}/{pod['metadata']['name']}"
+        node = pod.get("spec", {}).get("nodeName")
+        phase = pod.get("status", {}).get("phase")
+        ann = _annotations(pod)
+        if "k80s.io/assignment" not in ann:
+            if node and "k80s.io/shares" in ann:
+                found.append(f"{name}: bound to {node} without k80s.io/assignment")
+            continue
+        if not node:
+            found.append(f"{name}: has an assignment but no nodeName")
+            continue
+        if phase in TERMINAL:
+            continue
+        assignment = json.loads(ann["k80s.io/assignment"])
+        dies = sorted(assignment["dies"], key=lambda d: d["slot"])
+        order = ",".join(d["uuid"] for d in dies)
+        for key in ("k80s.io/cuda-visible-devices", "k80s.io/nvidia-visible-devices"):
+            if ann.get(key) != order:
+                found.append(f"{name}: {key}={ann.get(key)!r} but the slots say {order!r}")
+        if assignment["node"] != node:
+            found.append(f"{name}: assignment names node {assignment['node']}, pod is on {node}")
+        shares = json.loads(ann["k80s.io/shares"])
+        if [d["mib"] for d in dies] != [s["mib"] for s in shares["slots"]]:
+            found.append(f"{name}: assigned MiB {[d['mib'] for d in dies]} differ from its slots")
+        if shares.get("sameBoard") and len({d["board"] for d in dies}) != 1:
+            found.append(f"{name}: sameBoard plan on boards {[d['board'] for d in dies]}")
+        inventory = json.loads(_annotations(by_node.get(node, {})).get("k80s.io/dies", '{"dies":[]}'))
+        known = {d["uuid"]: d for d in inventory["dies"]}
+        for d in dies:
+            die = known.get(d["uuid"])
+            if die is None:
+                found.append(f"{name}: die {d['uuid']} is not on node {node}")
+            elif (die["board"], die["index"]) != (d["board"], d["index"]):
+                found.append(f"{name}: die {d['uuid']} is board {die['board']} index {die['index']} on the node")
+            die_mib[d["uuid"]] = die_mib.get(d["uuid"], 0) + d["mib"]
+        for container in pod["spec"].get("containers", []):
+            requests = (container.get("resources") or {}).get("requests") or {}
+            node_mib[node] = node_mib.get(node, 0) + _mib(requests.get("k80s.io/vram-mib"))
+    for uuid, total in die_mib.items():
+        if total > SHAREABLE_MIB:
+            found.append(f"die {uuid}: {total} MiB reserved > {SHAREABLE_MIB}")
+    for node, total in node_mib.items():
+        allocatable = _mib(by_node.get(node, {}).get("status", {}).get("allocatable", {}).get("k80s.io/vram-mib"))
+        if total > allocatable:
+            found.append(f"node {node}: {total} MiB requested > allocatable {allocatable}")
+    return found
+
+
+class InvariantWatch:
+    """Checks `violations` on every Pod watch event in `namespace` until stopped."""
+
+    def __init__(self, api: kubernetes.client.ApiClient, namespace: str) -> None:
+        self._core = kubernetes.client.CoreV1Api(api)
+        self._namespace = namespace
+        self._watch = kubernetes.watch.Watch()
+        self._stop = threading.Event()
+        self.events = 0
+        self.found: list[str] = []
+        self._thread = threading.Thread(target=self._run, name="invariants", daemon=True)
+
+    def __enter__(self) -> InvariantWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._watch.stop()
+        self._thread.join(timeout=10)
+
+    def check_now(self) -> list[str]:
+        api = self._core.api_client
+        nodes = api.sanitize_for_serialization(self._core.list_node()).get("items", [])
+        pods = api.sanitize_for_serialization(self._core.list_namespaced_pod(self._namespace)).get("items", [])
+        return violations(nodes, pods)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                for _event in self._watch.stream(self._core.list_namespaced_pod, self._namespace, timeout_seconds=30):
+                    self.events += 1
+                    for problem in self.check_now():
+                        if problem not in self.found:
+                            self.found.append(problem)
+                    if self._stop.is_set():
+                        return
+            except Exception:  # noqa: BLE001 - the apiserver may restart under a fault test; watch again
+                if self._stop.wait(0.5):
+                    return
