@@ -32,8 +32,8 @@ def test_names_and_subresources() -> None:
 
 
 def test_spec_and_status_fields_are_the_design_ones() -> None:
-    assert set(SPEC) == {"model", "runtime", "replicas", "options", "maxDies", "resources", "nodeSelector",
-                         "tolerations", "env"}
+    assert set(SPEC) == {"model", "runtime", "replicas", "sharing", "options", "maxDies", "resources",
+                         "nodeSelector", "tolerations", "env"}
     assert set(SPEC["options"]["properties"]) == {"policy", "numCtx", "numBatch", "numParallel", "kvCacheType",
                                                  "flashAttention", "graphSafetyMultiplier", "secondaryGraphMiB",
                                                  "overheadMiB", "planFreeMiB"}
@@ -41,7 +41,20 @@ def test_spec_and_status_fields_are_the_design_ones() -> None:
                            "estimate", "placements", "dies"}
     assert set(STATUS["model"]["properties"]) == {"name", "digest", "architecture", "blockCount", "contextLength",
                                                   "fileType"}
-    assert set(STATUS["placements"]["items"]["properties"]) == {"pod", "node", "dieUUIDs", "tensorSplit"}
+    assert set(STATUS["placements"]["items"]["properties"]) == {"pod", "node", "dieUUIDs", "tensorSplit", "shares"}
+    shares = STATUS["placements"]["items"]["properties"]["shares"]["items"]["properties"]
+    assert set(shares) == {"uuid", "index", "slot", "mib", "sharedWith"}
+
+
+def test_sharing_is_exclusive_or_shared_and_shared_needs_llamacpp() -> None:
+    from k80s.core.sharing import MODES
+
+    sharing = SPEC["sharing"]
+    assert tuple(sharing["enum"]) == MODES and sharing["default"] == "exclusive"
+    rules = VERSION["schema"]["openAPIV3Schema"]["properties"]["spec"]["x-kubernetes-validations"]
+    (rule,) = [r for r in rules if r.get("fieldPath") == ".sharing"]
+    assert rule["rule"] == "self.sharing != 'shared' || self.runtime.kind == 'llamacpp'"
+    assert "Ollama recomputes its split from live free memory" in rule["message"]
 
 
 def test_policy_enum_is_the_six_ids_and_two_aliases() -> None:

@@ -17,6 +17,15 @@ def test_defaults_match_the_crd() -> None:
     assert s.estimate_options(None).policy == "seed-241a0340"
 
 
+def test_sharing_defaults_to_exclusive_and_shared_is_for_llamacpp() -> None:
+    assert parse_spec({"model": {"name": "gemma3:12b"}}).sharing == "exclusive"
+    assert not parse_spec({"model": {"name": "gemma3:12b"}, "sharing": None}).shared
+    shared = parse_spec({"model": {"name": "gemma3:12b"}, "sharing": "shared"})
+    assert shared.shared and shared.sharing == "shared" and shared.runtime_kind == "llamacpp"
+    assert parse_spec({"model": {"name": "m:1"}, "runtime": {"kind": "ollama"}, "sharing": "exclusive"}).sharing \
+        == "exclusive"
+
+
 def test_unset_policy_defaults_to_the_runtime_images_policy_and_aliases_become_ids() -> None:
     s = parse_spec({"model": {"name": "m:1"}, "runtime": {"kind": "ollama"}})
     assert s.estimate_options("ollama37-2026").policy == "ollama37-2026"
@@ -42,6 +51,15 @@ def test_unset_policy_defaults_to_the_runtime_images_policy_and_aliases_become_i
         ({"model": {"name": "a"}, "options": {"planFreeMiB": 0}}, "spec.options.planFreeMiB", "positive"),
         ({"model": {"name": "a"}, "resources": {"limits": {"k80s.io/die": 2}}}, "spec.resources.limits", "k80s.io/die"),
         ({"model": {"name": "a"}, "env": [{"name": "LLAMA_ARG_TENSOR_SPLIT", "value": "1"}]}, "spec.env[0].name",
+         "from the plan"),
+        ({"model": {"name": "a"}, "sharing": "partly"}, "spec.sharing", "'partly' is not one of exclusive, shared"),
+        ({"model": {"name": "a"}, "sharing": "shared", "runtime": {"kind": "ollama"}}, "spec.sharing",
+         "recomputes its split from live free memory"),
+        ({"model": {"name": "a"}, "resources": {"requests": {"k80s.io/vram-mib": 100}}}, "spec.resources.requests",
+         "k80s.io/vram-mib"),
+        ({"model": {"name": "a"}, "resources": {"limits": {"k80s.io/die-major": 1}}}, "spec.resources.limits",
+         "k80s.io/die-major"),
+        ({"model": {"name": "a"}, "env": [{"name": "K80S_ASSIGNMENT", "value": "{}"}]}, "spec.env[0].name",
          "from the plan"),
     ],
 )

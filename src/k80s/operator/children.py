@@ -12,6 +12,13 @@ What a model pod carries (design.md, Wire contracts; kubernetes.md §5):
 - label `k80s.io/model-deployment=<name>` (the Service selector and status.selector);
 - the runtime's settings: for llamacpp the plan itself as `LLAMA_ARG_*` (llm-ecosystem.md §5.1),
   for ollama the `OLLAMA_*` environment that makes an ollama37 build compute the same plan (§4.1).
+
+A shared pod (`spec.sharing: shared`, reference/sharing.md §7.3–7.4) instead requests
+`k80s.io/vram-mib` (+ `k80s.io/die-major`) and carries `k80s.io/shares`; its device env comes
+from the annotations the extender's bind verb writes inside the Binding (fieldRef: kubelet
+resolves them when the container starts, after the bind), an init container `k80s guard` checks
+the assignment against NVML before the runtime starts, and a PriorityClass with
+`preemptionPolicy: Never` keeps the scheduler from preempting for it (no share-aware preemption).
 """
 
 from __future__ import annotations
@@ -21,6 +28,15 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from k80s.core.annotations import ESTIMATE, MODEL, MODEL_DEPLOYMENT_LABEL, OPTIONS, SAFE_TO_EVICT
+from k80s.core.sharing import (
+    ASSIGNMENT,
+    CUDA_VISIBLE_DEVICES,
+    DIE_MAJOR_RESOURCE,
+    NVIDIA_VISIBLE_DEVICES,
+    SHARES,
+    VRAM_RESOURCE,
+    SharePlan,
+)
 from k80s.operator.plan import Plan
 from k80s.operator.runtimes import LLAMACPP, MULTIPLIER_ENV_POLICIES, OLLAMA, RESERVED_ENV, runtime
 from k80s.operator.spec import API_VERSION, DIE_RESOURCE, KIND, ModelDeploymentSpec
@@ -29,6 +45,8 @@ PLAN_HASH: Final = "k80s.io/plan-hash"
 MANAGED_BY: Final = "k80s-operator"
 CONTAINER: Final = "runtime"
 FETCH_CONTAINER: Final = "fetch-model"
+GUARD_CONTAINER: Final = "k80s-guard"
+GUARD_COMMAND: Final = ("k80s", "guard")
 MODELS_VOLUME: Final = "models"
 WEIGHTS_FILE: Final = "model.gguf"
 STARTUP_BUDGET_S: Final = 3600
@@ -54,6 +72,7 @@ class PodSettings:
     scheduler_name: str = "k80s"
     fetcher_image: str = "k80s/k80s:0.1.0"
     registry_url: str = "https://registry.ollama.ai"
+    shared_priority_class: str = "k80s-shared"  # "" = none
 
 
 def selector_labels(name: str) -> dict[str, str]:
@@ -82,7 +101,8 @@ def context_tokens(plan: Plan) -> int:
 
 
 __all__ = ["RESERVED_ENV", "Owner", "PodSettings", "deployment", "service", "plan_env", "container_env",
-           "context_tokens", "fetch_container", "pod_template", "selector", "selector_labels"]
+           "context_tokens", "fetch_container", "guard_container", "assignment_env", "shared_device_env",
+           "pod_template", "selector", "selector_labels"]
 
 
 def plan_env(plan: Plan) -> dict[str, str]:
@@ -102,6 +122,7 @@ def plan_env(plan: Plan) -> dict[str, str]:
             "LLAMA_ARG_CACHE_TYPE_K": kv,
             "LLAMA_ARG_CACHE_TYPE_V": kv,
             "LLAMA_ARG_FIT": "off",  # newer builds would otherwise re-fit what the plan set
+            **_shared_plan_env(plan.shares, e.tensor_split),
         }
     env = {
         "OLLAMA_CONTEXT_LENGTH": str(o.num_ctx),
@@ -115,6 +136,35 @@ def plan_env(plan: Plan) -> dict[str, str]:
     if o.graph_safety_multiplier is not None and plan.runtime_policy in MULTIPLIER_ENV_POLICIES:
         env["OLLAMA_GRAPH_SAFETY_MULTIPLIER"] = repr(o.graph_safety_multiplier)
     return env
+
+
+def _shared_plan_env(shares: SharePlan | None, split: Sequence[int]) -> dict[str, str]:
+    """A shared pod sees exactly its slots' dies, in slot order: the split of the dies holding
+    layers, and the primary (the last slot) as main GPU."""
+    if shares is None:
+        return {}
+    return {"LLAMA_ARG_TENSOR_SPLIT": ",".join(str(n) for n in split if n > 0),
+            "LLAMA_ARG_MAIN_GPU": str(len(shares.slots) - 1)}
+
+
+def _annotation_ref(key: str) -> dict[str, Any]:
+    return {"fieldRef": {"fieldPath": f"metadata.annotations['{key}']"}}
+
+
+def assignment_env() -> list[dict[str, Any]]:
+    """The binder's choice of dies, read from the pod's own annotations (written inside the
+    Binding, so set before any container starts; "" when missing, which the guard refuses)."""
+    return [
+        {"name": "NVIDIA_VISIBLE_DEVICES", "valueFrom": _annotation_ref(NVIDIA_VISIBLE_DEVICES)},
+        {"name": "CUDA_VISIBLE_DEVICES", "valueFrom": _annotation_ref(CUDA_VISIBLE_DEVICES)},
+        {"name": "K80S_ASSIGNMENT", "valueFrom": _annotation_ref(ASSIGNMENT)},
+    ]
+
+
+def shared_device_env() -> list[dict[str, Any]]:
+    """A shared runtime's device env: what the device plugin's Allocate gives an exclusive pod."""
+    return [*assignment_env(), {"name": "CUDA_DEVICE_ORDER", "value": "PCI_BUS_ID"},
+            {"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,utility"}]
 
 
 def default_env(plan: Plan) -> dict[str, str]:
@@ -136,11 +186,13 @@ def default_env(plan: Plan) -> dict[str, str]:
 
 
 def container_env(plan: Plan, user_env: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Plan variables first, then defaults (a user entry of the same name replaces its default),
-    then the remaining user entries in their order."""
+    """Plan variables first (and a shared pod's device env), then defaults (a user entry of the
+    same name replaces its default), then the remaining user entries in their order."""
     defaults = default_env(plan)
     user_names = {e["name"] for e in user_env}
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in plan_env(plan).items()]
+    if plan.shares is not None:
+        env += shared_device_env()
     env += [{"name": k, "value": v} for k, v in defaults.items() if k not in user_names]
     env += [dict(e) for e in user_env]
     return env
@@ -182,7 +234,27 @@ def fetch_container(plan: Plan, settings: PodSettings) -> dict[str, Any] | None:
     }
 
 
+def guard_container(settings: PodSettings) -> dict[str, Any]:
+    """`k80s guard` (NVML only) checks the assignment against the dies before the runtime starts:
+    present, UUID order = CUDA_VISIBLE_DEVICES, each die's free memory ≥ its slot."""
+    return {
+        "name": GUARD_CONTAINER,
+        "image": settings.fetcher_image,  # the k80s image
+        "command": list(GUARD_COMMAND),
+        "env": [*assignment_env(), {"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "utility"}],
+    }
+
+
 # -- the Deployment and the Service ---------------------------------------------------------------
+
+def _shared_resources(spec: ModelDeploymentSpec, shares: SharePlan) -> dict[str, Any]:
+    """requests = limits for the plan's resources (extended resources cannot overcommit)."""
+    wanted = {VRAM_RESOURCE: str(shares.total_mib)}
+    if shares.die_major > 0:
+        wanted[DIE_MAJOR_RESOURCE] = str(shares.die_major)
+    return {"limits": {**dict(spec.resources.get("limits") or {}), **wanted},
+            "requests": {**dict(spec.resources.get("requests") or {}), **wanted}}
+
 
 def _resources(spec: ModelDeploymentSpec, dies: int) -> dict[str, Any]:
     limits = dict(spec.resources.get("limits") or {})
@@ -201,7 +273,7 @@ def pod_template(owner: Owner, spec: ModelDeploymentSpec, plan: Plan, settings: 
         "image": plan.image,
         "env": container_env(plan, spec.env),
         "ports": [{"name": "http", "containerPort": rt.port, "protocol": "TCP"}],
-        "resources": _resources(spec, plan.dies),
+        "resources": _resources(spec, plan.dies) if plan.shares is None else _shared_resources(spec, plan.shares),
         "startupProbe": {**probe, "periodSeconds": 10, "failureThreshold": STARTUP_BUDGET_S // 10},
         "readinessProbe": {**probe, "periodSeconds": 10, "failureThreshold": 3},
         "volumeMounts": [{"name": MODELS_VOLUME, "mountPath": rt.models_dir}],
@@ -213,23 +285,28 @@ def pod_template(owner: Owner, spec: ModelDeploymentSpec, plan: Plan, settings: 
         "volumes": [{"name": MODELS_VOLUME, "emptyDir": {}}],
     }
     fetch = fetch_container(plan, settings)
-    if fetch is not None:
-        pod_spec["initContainers"] = [fetch]
+    init = [fetch] if fetch is not None else []
+    if plan.shares is not None:
+        init.append(guard_container(settings))  # last: checks the dies right before the runtime starts
+        if settings.shared_priority_class:
+            pod_spec["priorityClassName"] = settings.shared_priority_class
+    if init:
+        pod_spec["initContainers"] = init
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)
     if spec.tolerations:
         pod_spec["tolerations"] = [dict(t) for t in spec.tolerations]
+    annotations = {
+        MODEL: plan.model_annotation,
+        OPTIONS: plan.options_annotation,
+        ESTIMATE: plan.estimate_annotation,
+        PLAN_HASH: plan.hash,
+        SAFE_TO_EVICT: "false",
+    }
+    if plan.shares_annotation is not None:
+        annotations[SHARES] = plan.shares_annotation
     return {
-        "metadata": {
-            "labels": {**owned_labels(owner.name), PLAN_HASH: plan.hash},
-            "annotations": {
-                MODEL: plan.model_annotation,
-                OPTIONS: plan.options_annotation,
-                ESTIMATE: plan.estimate_annotation,
-                PLAN_HASH: plan.hash,
-                SAFE_TO_EVICT: "false",
-            },
-        },
+        "metadata": {"labels": {**owned_labels(owner.name), PLAN_HASH: plan.hash}, "annotations": annotations},
         "spec": pod_spec,
     }
 

@@ -110,7 +110,8 @@ class Reconciler:
             header_cap=settings.header_cap_bytes, name_ttl_s=settings.name_ttl_s)
         self.pod_settings = children.PodSettings(scheduler_name=settings.scheduler_name,
                                                  fetcher_image=settings.fetcher_image,
-                                                 registry_url=settings.registry_url)
+                                                 registry_url=settings.registry_url,
+                                                 shared_priority_class=settings.shared_priority_class)
         self.memory: dict[Key, _Memory] = {}
         self._recheck_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Future[Any]] = set()
@@ -165,7 +166,9 @@ class Reconciler:
             model = await self.call(self.resolver.resolve, spec.model)
             plan = make_plan(spec, model, default_image=self._default_image(spec.runtime_kind),
                              default_free_mib=self.settings.die_free_mib,
-                             extra_policy_rules=self.settings.runtime_policies)
+                             extra_policy_rules=self.settings.runtime_policies,
+                             share_context_mib=self.settings.share_context_mib,
+                             share_margin_mib=self.settings.share_margin_mib)
         except (InvalidInput, ResolveUnavailable) as exc:
             permanent = isinstance(exc, InvalidInput)
             replicas = int((body.get("spec") or {}).get("replicas") or 0)
@@ -178,7 +181,8 @@ class Reconciler:
                 raise kopf.PermanentError(str(exc)) from None
             raise kopf.TemporaryError(str(exc), delay=TRANSIENT_RETRY_S) from None
         self.metrics.resolutions.labels(model.source, "ok").inc()
-        fits = st.fits_condition(plan, None if plan.fits else smallest_fit(plan, FIT_SEARCH_LIMIT), FIT_SEARCH_LIMIT)
+        wider = None if plan.fits or plan.oversized_slots else smallest_fit(plan, FIT_SEARCH_LIMIT)
+        fits = st.fits_condition(plan, wider, FIT_SEARCH_LIMIT)
         resolved = st.resolved_condition(model.name, model.source, model.digest, model.profile.architecture,
                                          model.profile.block_count)
         outcome = st.Outcome(generation, spec.replicas, resolved, fits, plan, model.facts())
@@ -266,7 +270,9 @@ class Reconciler:
             if p.node and nodes is not None:
                 found = list(nodes.get(p.node, []))
                 inventories[p.node] = found[0] if found else None
-        return st.StatusInputs(mem.ref["name"], mem.outcome, views, inventories, mem.parity)
+        holders = st.die_holders(v for group in pods.values() for v in group) \
+            if pods is not None and any(v.assignment is not None for v in views) else {}
+        return st.StatusInputs(mem.ref["name"], mem.outcome, views, inventories, mem.parity, holders)
 
     async def refresh(self, mem: _Memory, pods: Any, nodes: Any) -> None:
         """Compute the status and patch it if it changed (one writer per object at a time)."""
@@ -430,8 +436,13 @@ def build_registry(rec: Reconciler) -> kopf.OperatorRegistry:
         mem = rec.memory.get((namespace, labels[MODEL_DEPLOYMENT_LABEL]))
         if mem is None:
             return  # not reconciled yet: its reconcile will write the status
-        await rec.replace_failed_pod(mem, st.pod_view(body))
+        view = st.pod_view(body)
+        await rec.replace_failed_pod(mem, view)
         rec.request_refresh(mem, model_pods, node_inventories)
+        # Shared dies: the deployments whose pods share a die with this one list it in sharedWith.
+        for key in st.sharing_keys(view, model_pods.items()):
+            if (other := rec.memory.get(key)) is not None and other is not mem:
+                rec.request_refresh(other, model_pods, node_inventories)
 
     seen_inventories: dict[str, str] = {}
 

@@ -1,6 +1,7 @@
 """One replica's plan: the resolved model, the estimator options, and the estimate on the fewest
-idle dies that hold the model (`k80s.core.selection.plan_for_idle_dies`). Pure: the model is
-resolved elsewhere (`k80s.operator.resolve`), the estimator is the core's.
+idle dies that hold the model (`k80s.core.selection.plan_for_idle_dies`); for `sharing: shared`
+also the slots of dies it needs (`k80s.core.sharing.share_plan`, reference/sharing.md §7.2).
+Pure: the model is resolved elsewhere (`k80s.operator.resolve`), the estimator is the core's.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from k80s.core.modelfile import FILE_TYPE_NAMES
 from k80s.core.options import EstimateOptions
 from k80s.core.profile import ModelProfile
 from k80s.core.selection import plan_for_idle_dies
+from k80s.core.sharing import SHARE_CONTEXT_MIB, SHARE_MARGIN_MIB, SHAREABLE_DIE_MIB, SharePlan, share_plan
 from k80s.operator.runtimes import image_policy
 from k80s.operator.spec import ModelDeploymentSpec
 
@@ -62,15 +64,31 @@ class Plan:
     plan_free_mib: int
     max_dies: int
     estimate: Estimate
+    shares: SharePlan | None = None  # shared deployments whose estimate fits: the `k80s.io/shares` slots
 
     @property
     def fits(self) -> bool:
-        return self.estimate.fits
+        """The estimate fits; for a shared plan, also every slot fits what one idle die offers."""
+        return self.estimate.fits and not self.oversized_slots
+
+    @property
+    def oversized_slots(self) -> tuple[int, ...]:
+        """Slot indexes charged more than a die offers to shares (context and margin on top of the
+        plan can push a nearly full die over)."""
+        if self.shares is None:
+            return ()
+        return tuple(i for i, m in enumerate(self.shares.slot_mib) if m > SHAREABLE_DIE_MIB)
 
     @property
     def dies(self) -> int:
-        """Dies one replica requests (`k80s.io/die`); 0 when the model fits on no allowed count."""
-        return self.estimate.dies_used if self.estimate.fits else 0
+        """Dies one replica requests (`k80s.io/die`) or holds slots on; 0 when the plan does not fit."""
+        if not self.fits:
+            return 0
+        return len(self.shares.slots) if self.shares is not None else self.estimate.dies_used
+
+    @property
+    def shares_annotation(self) -> str | None:
+        return self.shares.to_json() if self.shares is not None else None
 
     @property
     def model_annotation(self) -> str:
@@ -91,10 +109,10 @@ class Plan:
     @property
     def hash(self) -> str:
         """A short digest of everything the runtime is told: rolls the pods when it changes."""
-        material = json.dumps(
-            [self.model.digest, self.options_annotation, self.estimate_annotation, self.runtime, self.image],
-            separators=(",", ":"),
-        )
+        parts = [self.model.digest, self.options_annotation, self.estimate_annotation, self.runtime, self.image]
+        if self.shares is not None:  # exclusive plans keep the hash they always had
+            parts.append(self.shares.to_json())
+        material = json.dumps(parts, separators=(",", ":"))
         return hashlib.sha256(material.encode()).hexdigest()[:PLAN_HASH_LENGTH]
 
 
@@ -105,16 +123,24 @@ def make_plan(
     default_image: str,
     default_free_mib: int,
     extra_policy_rules: Sequence[tuple[str, str]] = (),
+    share_context_mib: int = SHARE_CONTEXT_MIB,
+    share_margin_mib: int = SHARE_MARGIN_MIB,
 ) -> Plan:
     """Plan one replica: options (policy defaulting to the runtime image's), then the estimate on
-    the fewest idle dies of `planFreeMiB` each, up to `maxDies`."""
+    the fewest idle dies of `planFreeMiB` each, up to `maxDies`; a shared deployment's fitting
+    estimate becomes slots charged context + margin on top of what each die physically holds."""
     image = spec.image or default_image
     runtime_policy = image_policy(spec.runtime_kind, image, extra_policy_rules)
     options = spec.estimate_options(runtime_policy)
     free_mib = spec.plan_free_mib or default_free_mib
     estimate = plan_for_idle_dies(model.profile, options, free_mib, spec.max_dies)
+    shares = None
+    if spec.shared and estimate.fits:
+        shares = share_plan(model.profile, estimate, options, context_mib=share_context_mib,
+                            margin_mib=share_margin_mib)
     return Plan(model=model, runtime=spec.runtime_kind, image=image, runtime_policy=runtime_policy,
-                options=options, plan_free_mib=free_mib, max_dies=spec.max_dies, estimate=estimate)
+                options=options, plan_free_mib=free_mib, max_dies=spec.max_dies, estimate=estimate,
+                shares=shares)
 
 
 def smallest_fit(plan: Plan, limit: int) -> int | None:

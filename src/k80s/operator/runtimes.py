@@ -55,7 +55,10 @@ OLLAMA_PLAN_ENV: Final = (
 """Ollama variables its estimator reads (llm-ecosystem.md §4.1, estimator.md §13.4)."""
 DEVICE_ENV: Final = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")
 """Set by the device plugin's Allocate (design.md, Die order); a pod must not override them."""
-RESERVED_ENV: Final = frozenset((*LLAMACPP_PLAN_ENV, *OLLAMA_PLAN_ENV, *DEVICE_ENV))
+SHARED_ENV: Final = ("K80S_ASSIGNMENT", "NVIDIA_DRIVER_CAPABILITIES")
+"""Set on shared pods next to the DEVICE_ENV (reference/sharing.md §7.4): the binder's assignment
+for the guard, and the capabilities the container toolkit mounts."""
+RESERVED_ENV: Final = frozenset((*LLAMACPP_PLAN_ENV, *OLLAMA_PLAN_ENV, *DEVICE_ENV, *SHARED_ENV))
 """Variables spec.env may not set (the CRD's CEL rule lists the same names; a test compares)."""
 MULTIPLIER_ENV_POLICIES: Final = frozenset({"ollama37-2026"})
 """ollama37 builds that read OLLAMA_GRAPH_SAFETY_MULTIPLIER (estimator.md §13.4)."""

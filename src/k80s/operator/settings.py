@@ -14,6 +14,7 @@ from typing import Final
 from k80s.core.errors import InvalidSpec
 from k80s.core.inventory import CONTEXT_RESERVE_MIB, IDLE_USED_MIB, K80_TOTAL_MIB
 from k80s.core.policies import resolve_policy
+from k80s.core.sharing import SHARE_CONTEXT_MIB, SHARE_MARGIN_MIB
 from k80s.settings import SettingsLoader
 from k80s.settings import setting as _doc
 
@@ -26,6 +27,8 @@ DEFAULT_LLAMACPP_IMAGE: Final = "k80s/llama-server:sm37-cuda11.4"
 DEFAULT_OLLAMA_IMAGE: Final = "k80s/ollama37:241a0340"
 DEFAULT_FETCHER_IMAGE: Final = "k80s/k80s:0.1.0"
 """Image names docs/runtimes.md builds; the chart overrides all three."""
+DEFAULT_SHARED_PRIORITY_CLASS: Final = "k80s-shared"
+"""The chart's PriorityClass for shared pods (preemptionPolicy Never)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +52,16 @@ class OperatorSettings:
     fetcher_image: str = _doc(
         "Image of the init container that fetches weights (python -m k80s.operator.fetch): the k80s image.",
         default=DEFAULT_FETCHER_IMAGE)
+    share_context_mib: int = _doc(
+        "CUDA context MiB each shared slot is charged on its die (every process opening a die pays "
+        "its own; 68 as freeMiB assumes).", default=SHARE_CONTEXT_MIB)
+    share_margin_mib: int = _doc(
+        "Safety MiB each shared slot is charged on top of the plan's physical bytes (cuBLAS "
+        "workspace, split rounding); to be tuned from K80 measurements.", default=SHARE_MARGIN_MIB)
+    shared_priority_class: str = _doc(
+        "priorityClassName of shared model pods: a PriorityClass with preemptionPolicy Never (the "
+        "chart ships k80s-shared), because no share-aware preemption exists yet. Empty: none.",
+        default=DEFAULT_SHARED_PRIORITY_CLASS)
     runtime_policies: tuple[tuple[str, str], ...] = _doc(
         "Extra image-glob=policy rules, comma-separated, tried before the built-in table "
         "(docs/runtimes.md), e.g. 'registry.local/ollama37:*=ollama37-2026'.", default=())
@@ -124,6 +137,9 @@ def _validate(s: OperatorSettings) -> None:
 
     if not 1 <= s.die_free_mib <= K80_TOTAL_MIB:
         raise bad("die_free_mib", f"{s.die_free_mib} is outside 1..{K80_TOTAL_MIB}")
+    for name in ("share_context_mib", "share_margin_mib"):
+        if not 0 <= getattr(s, name) <= K80_TOTAL_MIB:
+            raise bad(name, f"{getattr(s, name)} is outside 0..{K80_TOTAL_MIB}")
     LOADER.check_port(s, "health_port")
     for name in ("http_timeout_s", "recheck_s", "parity_timeout_s", "lease_duration_s", "renew_deadline_s",
                  "retry_period_s", "name_ttl_s"):

@@ -16,6 +16,7 @@ from typing import Any, Final
 from k80s.core.errors import InvalidSpec
 from k80s.core.options import EstimateOptions, options_from_dict
 from k80s.core.policies import DEFAULT_POLICY
+from k80s.core.sharing import DIE_MAJOR_RESOURCE, EXCLUSIVE, MODES, SHARED, VRAM_RESOURCE
 from k80s.operator.runtimes import LLAMACPP, OLLAMA, RESERVED_ENV, RUNTIMES
 
 GROUP: Final = "k80s.io"
@@ -25,6 +26,8 @@ KIND: Final = "ModelDeployment"
 API_VERSION: Final = f"{GROUP}/{VERSION}"
 DIE_RESOURCE: Final = "k80s.io/die"
 MAX_DIES_LIMIT: Final = 16
+PLAN_RESOURCES: Final = (DIE_RESOURCE, VRAM_RESOURCE, DIE_MAJOR_RESOURCE)
+"""Extended resources the plan requests; spec.resources may not set them."""
 
 # The estimator option keys the spec may carry (the k80s.io/options annotation keys).
 OPTION_KEYS: Final = ("policy", "numCtx", "numBatch", "numParallel", "kvCacheType", "flashAttention",
@@ -57,6 +60,11 @@ class ModelDeploymentSpec:
     node_selector: Mapping[str, str]
     tolerations: tuple[Mapping[str, Any], ...]
     env: tuple[Mapping[str, Any], ...]
+    sharing: str = EXCLUSIVE  # "exclusive": whole dies (k80s.io/die); "shared": slots of dies (k80s.io/shares)
+
+    @property
+    def shared(self) -> bool:
+        return self.sharing == SHARED
 
     @property
     def policy_set(self) -> bool:
@@ -92,6 +100,13 @@ def parse_spec(spec: Any) -> ModelDeploymentSpec:
     if model.url is not None and kind == OLLAMA:
         raise InvalidSpec("spec.model.url", "the ollama runtime serves registry models; use runtime.kind "
                                             "llamacpp for a GGUF URL (or an hf.co/… model name)")
+    sharing = spec.get("sharing") or EXCLUSIVE
+    if sharing not in MODES:
+        raise InvalidSpec("spec.sharing", f"{sharing!r} is not one of {', '.join(MODES)}")
+    if sharing == SHARED and kind != LLAMACPP:
+        raise InvalidSpec("spec.sharing", f"shared needs runtime.kind {LLAMACPP}: {kind} recomputes its split "
+                                          "from live free memory, so its use of a shared die is unbounded "
+                                          "(keep it exclusive)")
     options = _mapping(spec, "options")
     plan_free = options.get("planFreeMiB")
     if plan_free is not None and (not _is_int(plan_free) or plan_free < 1):
@@ -117,6 +132,7 @@ def parse_spec(spec: Any) -> ModelDeploymentSpec:
         node_selector=_string_map(spec, "nodeSelector"),
         tolerations=tuple(_list_of_mappings(spec, "tolerations")),
         env=tuple(_env(spec.get("env"))),
+        sharing=sharing,
     )
     parsed.estimate_options(None)  # option errors surface now, naming spec.options.<key>
     return parsed
@@ -177,8 +193,9 @@ def _resources(raw: Any) -> Mapping[str, Any]:
         values = raw.get(part) or {}
         if not isinstance(values, Mapping):
             raise InvalidSpec(f"spec.resources.{part}", "expected an object")
-        if DIE_RESOURCE in values:
-            raise InvalidSpec(f"spec.resources.{part}", f"must not set {DIE_RESOURCE}: the plan sets the die count")
+        for name in PLAN_RESOURCES:
+            if name in values:
+                raise InvalidSpec(f"spec.resources.{part}", f"must not set {name}: the plan sets it")
     return raw
 
 

@@ -19,6 +19,11 @@ Counting: a pod is *active* when it is neither terminal nor being deleted. `repl
 `readyReplicas` count active pods (as a Deployment does); `dies.placed` sums the `k80s.io/die`
 requests of active, bound pods of the *current* plan (label `k80s.io/plan-hash`), so a pod of an
 old plan never makes the new one look placed. `dies.wanted` = replicas × dies per replica.
+
+Shared pods (`k80s.io/shares`, reference/sharing.md §7) request no `k80s.io/die`: their dies are
+the `k80s.io/assignment` the extender's bind verb wrote inside the Binding. A shared pod counts
+as placed with its slots once it is bound with an assignment (a broken or foreign one counts as
+none); its placement lists `shares`, each die with the other pods whose assignments name it.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from k80s.core.annotations import ESTIMATE, MODEL_DEPLOYMENT_LABEL
+from k80s.core.errors import InvalidInput
 from k80s.core.inventory import NodeInventory
+from k80s.core.sharing import ASSIGNMENT, SHAREABLE_DIE_MIB, SHARES, Assignment, ledger_from, slot_text
 from k80s.core.units import mib
 from k80s.operator.children import PLAN_HASH, selector
 from k80s.operator.plan import Plan
@@ -80,6 +87,8 @@ class PodView:
     allocated_ids: tuple[str, ...] = ()
     unschedulable: str = ""  # PodScheduled=False message from the scheduler
     ip: str = ""
+    shared: bool = False  # carries k80s.io/shares
+    assignment: Assignment | None = None  # the binder's dies (shared pods), when valid
 
     @property
     def active(self) -> bool:
@@ -96,6 +105,9 @@ def pod_view(pod: Mapping[str, Any]) -> PodView:
     annotations = meta.get("annotations") or {}
     conditions = {c.get("type"): c for c in status.get("conditions") or []}
     scheduled = conditions.get("PodScheduled") or {}
+    shared = SHARES in annotations
+    node = spec.get("nodeName") or None
+    assignment = _assignment(annotations.get(ASSIGNMENT), node, meta.get("uid", "")) if shared else None
     return PodView(
         name=meta.get("name", ""),
         namespace=meta.get("namespace", ""),
@@ -106,13 +118,29 @@ def pod_view(pod: Mapping[str, Any]) -> PodView:
         message=status.get("message") or "",
         ready=(conditions.get("Ready") or {}).get("status") == "True",
         deleting=bool(meta.get("deletionTimestamp")),
-        dies=_die_request(spec),
+        dies=len(assignment.dies) if assignment is not None else 0 if shared else _die_request(spec),
         plan_hash=(meta.get("labels") or {}).get(PLAN_HASH, ""),
         tensor_split=_split(annotations.get(ESTIMATE)),
         allocated_ids=_allocated(annotations.get(ALLOCATE_ANNOTATION)),
         unschedulable=scheduled.get("message") or "" if scheduled.get("status") == "False" else "",
         ip=status.get("podIP") or "",
+        shared=shared,
+        assignment=assignment,
     )
+
+
+def _assignment(text: str | None, node: str | None, uid: str) -> Assignment | None:
+    """The pod's `k80s.io/assignment`, or None when absent, broken, or made for another node or
+    pod (copied annotations): status must not fail on a bad annotation."""
+    if not text:
+        return None
+    try:
+        assignment = Assignment.from_json(text)
+    except InvalidInput:
+        return None
+    if (node and assignment.node != node) or (uid and assignment.pod_uid != uid):
+        return None
+    return assignment
 
 
 def owner_of(pod: Mapping[str, Any]) -> str | None:
@@ -184,10 +212,24 @@ def fits_condition(plan: Plan, smallest_fit: int | None = None, search_limit: in
     per_die = ", ".join(f"{_gib(b)}" for b in e.per_die_bytes)
     split = ",".join(str(n) for n in e.tensor_split)
     if plan.fits:
+        shared = ""
+        if plan.shares is not None:
+            shared = (f"; shared: slots {slot_text(plan.shares.slot_mib)} (k80s.io/vram-mib "
+                      f"{plan.shares.total_mib}, k80s.io/die-major {plan.shares.die_major})")
         return Condition(FITS, "True", "FitsOnDies",
                          f"{plan.model.name} fits on {e.dies_used} die(s) with {plan.plan_free_mib} MiB free each: "
                          f"[{per_die}] GiB, {mib(e.vram_bytes):.0f} MiB in all, split {split} "
-                         f"(policy {plan.options.policy})")
+                         f"(policy {plan.options.policy}){shared}")
+    if plan.shares is not None and plan.oversized_slots:
+        over = ", ".join(f"slot {i} {plan.shares.slot_mib[i]} MiB" for i in plan.oversized_slots)
+        return Condition(
+            FITS, "False", INSUFFICIENT_DIE_MEMORY,
+            f"{plan.model.name} fits on {e.dies_used} die(s) with {plan.plan_free_mib} MiB free each, but shared "
+            f"it needs slots {slot_text(plan.shares.slot_mib)} (what each die holds + context "
+            f"{plan.shares.context_mib} + margin {plan.shares.margin_mib} MiB) and {over} exceeds what one die "
+            f"offers to shares ({SHAREABLE_DIE_MIB} MiB): lower spec.options.planFreeMiB so the plan spreads "
+            f"over more dies, or use sharing: exclusive",
+        )
     hint = (f"; it fits on {smallest_fit} dies: raise spec.maxDies" if smallest_fit is not None
             else f"; no count of up to {search_limit} such dies holds it")
     return Condition(
@@ -235,9 +277,37 @@ def ready_condition(outcome: Outcome, ready_current: int) -> Condition:
 
 # -- placements -------------------------------------------------------------------------------------
 
+def die_holders(pods: Iterable[PodView]) -> dict[str, tuple[str, ...]]:
+    """Die UUID → the active pods ('namespace/pod') whose assignments name it."""
+    ledger = ledger_from((p.key, p.assignment) for p in pods if p.active and p.assignment is not None)
+    return {uuid: ledger.holders(uuid) for uuid in ledger.shares}
+
+
+def sharing_keys(pod: PodView, groups: Iterable[tuple[Any, Iterable[PodView]]]) -> set[Any]:
+    """The groups (ModelDeployment keys) with another pod on one of `pod`'s assigned dies."""
+    if pod.assignment is None:
+        return set()
+    uuids = {d.uuid for d in pod.assignment.dies}
+    return {key for key, views in groups
+            if any(v.key != pod.key and v.assignment is not None and uuids & {d.uuid for d in v.assignment.dies}
+                   for v in views)}
+
+
+def shares(pod: PodView, holders: Mapping[str, Sequence[str]]) -> list[dict[str, Any]]:
+    """A shared pod's dies in slot order, each with the other pods holding slots on it."""
+    if pod.assignment is None:
+        return []
+    return [{"uuid": d.uuid, "index": d.index, "slot": d.slot, "mib": d.mib,
+             "sharedWith": [h for h in holders.get(d.uuid, ()) if h != pod.key]}
+            for d in sorted(pod.assignment.dies, key=lambda d: d.slot)]
+
+
 def die_uuids(pod: PodView, inventories: Mapping[str, NodeInventory | None]) -> list[str]:
-    """The pod's dies in CUDA order: from the node's inventory (`allocatedTo`), else from the
-    Allocate answer the simulated kubelet records, else none known yet."""
+    """The pod's dies in CUDA order: a shared pod's from its assignment (slot order); else from
+    the node's inventory (`allocatedTo`), else from the Allocate answer the simulated kubelet
+    records, else none known yet."""
+    if pod.shared:
+        return pod.assignment.visible_devices.split(",") if pod.assignment is not None else []
     inventory = inventories.get(pod.node or "")
     if inventory is not None:
         owned = sorted((d for d in inventory.dies if d.allocated_to == pod.key), key=lambda d: d.index)
@@ -246,12 +316,18 @@ def die_uuids(pod: PodView, inventories: Mapping[str, NodeInventory | None]) -> 
     return list(pod.allocated_ids)
 
 
-def placements(pods: Iterable[PodView], inventories: Mapping[str, NodeInventory | None]) -> list[dict[str, Any]]:
-    return [
-        {"pod": p.name, "node": p.node, "dieUUIDs": die_uuids(p, inventories), "tensorSplit": list(p.tensor_split)}
-        for p in sorted(pods, key=lambda p: p.name)
-        if p.active and p.node
-    ]
+def placements(pods: Iterable[PodView], inventories: Mapping[str, NodeInventory | None],
+               holders: Mapping[str, Sequence[str]] | None = None) -> list[dict[str, Any]]:
+    out = []
+    for p in sorted(pods, key=lambda p: p.name):
+        if not (p.active and p.node):
+            continue
+        entry: dict[str, Any] = {"pod": p.name, "node": p.node, "dieUUIDs": die_uuids(p, inventories),
+                                 "tensorSplit": list(p.tensor_split)}
+        if p.shared:
+            entry["shares"] = shares(p, holders or {})
+        out.append(entry)
+    return out
 
 
 # -- the whole status ---------------------------------------------------------------------------------
@@ -286,6 +362,7 @@ class StatusInputs:
     pods: Sequence[PodView]
     inventories: Mapping[str, NodeInventory | None] = field(default_factory=dict)
     parity: Condition | None = None
+    holders: Mapping[str, Sequence[str]] = field(default_factory=dict)  # `die_holders` of every model pod
 
 
 def conditions_for(inputs: StatusInputs) -> list[Condition]:
@@ -324,7 +401,7 @@ def build_status(inputs: StatusInputs, previous_conditions: Sequence[Mapping[str
         "readyReplicas": c.ready,
         "selector": selector(inputs.name),
         "conditions": merge_conditions(conditions_for(inputs), previous_conditions, now, o.generation),
-        "placements": placements(inputs.pods, inputs.inventories),
+        "placements": placements(inputs.pods, inputs.inventories, inputs.holders),
         "dies": {"wanted": c.wanted, "placed": c.placed},
     }
     # None removes a stale value under a merge patch (e.g. the model no longer resolves).
