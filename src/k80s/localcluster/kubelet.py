@@ -9,6 +9,16 @@ admitted pod whose images the runner knows is started as local processes and rep
 Running/Ready only once its readiness probes pass; its processes stop when the pod ends and when
 the kubelet stops.
 
+Shared pods (reference/sharing.md §7, V2): besides `k80s.io/die`, every node-level extended
+resource the Node's allocatable lists (`k80s.io/vram-mib`, `k80s.io/die-major`, patched in by the
+shared-mode plugin) is checked like kubelet does (`k80s.localcluster.resources`: `OutOf<name>`).
+Each container's environment is built at its (re)start from the kubelet's current view of the pod
+(`k80s.localcluster.podenv`: Allocate envs, then the pod env, last wins; Downward-API fieldRefs,
+a missing annotation gives ""); `container_env` shows it, `restart_container` re-resolves it and
+counts the restart in `containerStatuses[].restartCount`. `restart(checkpoint_lost=True)` is a
+restart that lost the device checkpoint: every extended resource goes to 0 on the Node until its
+publisher reports it again (kubelet `reconcileExtendedResource`).
+
 Two modes:
 - **static** (no device manager): fixed `k80s.io/die` capacity/allocatable = 2 × boards and the
   static `k80s.io/dies` annotation of idle dies; admission is kubelet's resource check alone.
@@ -23,6 +33,7 @@ the fixtures and `k80s demo`.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import shutil
@@ -31,7 +42,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -40,7 +51,7 @@ from kubernetes.client.exceptions import ApiException
 
 from k80s.core.inventory import parse_node_shape
 from k80s.kubewatch import WatchGone, WatchSlot, follow_watch
-from k80s.localcluster import nodes
+from k80s.localcluster import nodes, podenv, resources
 from k80s.localcluster.devicemanager import (
     ALLOCATE_ANNOTATION,
     DIE_RESOURCE,
@@ -48,6 +59,7 @@ from k80s.localcluster.devicemanager import (
     DeviceManager,
     pod_die_request,
 )
+from k80s.localcluster.devices import CHECKPOINT_FILE
 from k80s.localcluster.runner import ContainerRunner
 
 log = logging.getLogger(__name__)
@@ -78,6 +90,12 @@ class _PodRecord:
     active: bool = False  # admitted and not ended: holds its dies
     device_admitted: bool = False  # the device manager allocated for it (release on end)
     delete_sent: bool = False
+    pod: Mapping[str, Any] = field(default_factory=dict)  # the kubelet's current view of the pod
+    requests: dict[str, int] = field(default_factory=dict)  # extended resources it holds while active
+    plugin_envs: dict[str, dict[str, str]] = field(default_factory=dict)  # container → Allocate envs
+    envs: dict[str, dict[str, str]] = field(default_factory=dict)  # container → env at its last start
+    env_errors: dict[str, str] = field(default_factory=dict)  # container → why its env failed
+    restarts: dict[str, int] = field(default_factory=dict)  # container → restart count
 
 
 class SimulatedKubelet:
@@ -162,13 +180,24 @@ class SimulatedKubelet:
         if self.device_manager is not None:
             self.device_manager.stop()
 
-    def restart(self) -> None:
+    def restart(self, *, checkpoint_lost: bool = False) -> None:
         """A kubelet restart: the device manager drops its sockets and recreates kubelet.sock;
-        running pods keep their dies. In static mode the Node's status is re-registered."""
+        running pods keep their dies. In static mode the Node's status is re-registered.
+
+        `checkpoint_lost`: the device checkpoint is gone too (a wiped /var/lib/kubelet). kubelet
+        then zeroes every extended resource in the Node's capacity and allocatable when it
+        re-registers (`reconcileExtendedResource`, F7), device-plugin ones and patched ones
+        (`k80s.io/vram-mib`) alike; each comes back only when its publisher reports it again."""
+        if checkpoint_lost:
+            (self.root / "device-plugins" / CHECKPOINT_FILE).unlink(missing_ok=True)
+            node: Any = self._core.read_node(self.node_name, _preload_content=False)
+            status = json.loads(node.data).get("status") or {}
+            self._core.patch_node_status(self.node_name, resources.zeroed_extended_resources(status))
+            log.info("extended resources zeroed (device checkpoint lost)", extra={"node": self.node_name})
         if self.device_manager is not None:
             self.device_manager.restart()
         else:
-            self.register_node()
+            self.register_node()  # the static "plugin" reports k80s.io/die again
 
     def delete_node(self) -> None:
         nodes.delete_node(self._core, self.node_name)
@@ -192,6 +221,51 @@ class SimulatedKubelet:
     def dies_in_use(self) -> int:
         with self._lock:
             return sum(r.dies for r in self._pods.values() if r.active)
+
+    def extended_in_use(self) -> dict[str, int]:
+        """Extended resources (other than `k80s.io/die`) held by the active pods, per name."""
+        with self._lock:
+            return resources.add_requests(r.requests for r in self._pods.values() if r.active)
+
+    def pod_view(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        """The kubelet's current view of a pod (the last object its watch delivered)."""
+        with self._lock:
+            record = self._record(namespace, name)
+            return record.pod if record is not None else None
+
+    def container_env(self, namespace: str, pod: str, container: str) -> dict[str, str]:
+        """The environment `container` got at its last (re)start (F3/F4). Raises `EnvError`
+        when kubelet could not have built it (CreateContainerConfigError), KeyError for a pod
+        this kubelet does not run."""
+        with self._lock:
+            record = self._running_record(namespace, pod)
+            if container in record.env_errors:
+                raise podenv.EnvError(record.env_errors[container])
+            if container not in record.envs:
+                raise KeyError(f"pod {namespace}/{pod} has no started container {container!r}")
+            return dict(record.envs[container])
+
+    def restart_container(self, namespace: str, pod: str, container: str) -> dict[str, str]:
+        """Restart one container, as after a crash: its env is resolved again from the kubelet's
+        current view of the pod (so a changed annotation would change it: F3), and its
+        `restartCount` in the pod status goes up by one. Returns the new env."""
+        with self._lock:
+            record = self._running_record(namespace, pod)
+            podenv.find_container(record.pod, container)  # a clear error for a wrong name
+            self._start_container(record, container)
+            count = record.restarts[container] = record.restarts.get(container, 0) + 1
+        self._report_restart(namespace, pod, container, count)
+        return self.container_env(namespace, pod, container)
+
+    def _record(self, namespace: str, name: str) -> _PodRecord | None:
+        found = [r for r in self._pods.values() if r.namespace == namespace and r.name == name]
+        return next((r for r in found if r.active), found[0] if found else None)
+
+    def _running_record(self, namespace: str, name: str) -> _PodRecord:
+        record = self._record(namespace, name)
+        if record is None or not record.active:
+            raise KeyError(f"pod {namespace}/{name} is not running on node {self.node_name}")
+        return record
 
     # -- device manager callback -----------------------------------------------------------
 
@@ -270,6 +344,7 @@ class SimulatedKubelet:
                 if record is None:
                     record = _PodRecord(uid=uid, namespace=meta.get("namespace", ""), name=meta.get("name", ""))
                     self._pods[uid] = record
+                record.pod = pod
             if meta.get("deletionTimestamp"):
                 self._end(record)
                 self._final_delete(record)
@@ -284,9 +359,12 @@ class SimulatedKubelet:
             log.exception("handling pod failed", extra={"node": self.node_name, "pod": f"{meta.get('namespace')}/{meta.get('name')}"})
 
     def _adopt(self, record: _PodRecord, pod: Mapping[str, Any]) -> None:
+        allocate = _allocate_annotation(pod)
         with self._lock:
             record.dies = pod_die_request(pod)
+            record.requests = _held(resources.pod_requests(pod))
             record.active = True
+            self._start_containers(record, allocate)
 
     def _admit(self, record: _PodRecord, pod: Mapping[str, Any]) -> None:
         need = pod_die_request(pod)
@@ -299,20 +377,85 @@ class SimulatedKubelet:
                            f"Pod was rejected: Node didn't have enough resource: {DIE_RESOURCE}, "
                            f"requested: {need}, used: {used}, capacity: {allocatable}")
                 return
-            if self.device_manager is not None:
-                admission = self._device_admit(pod)
-                if not admission.admitted:
-                    self._fail(pod, admission.reason or UNEXPECTED_ADMISSION_ERROR, admission.message)
-                    return
-                with self._lock:
-                    record.device_admitted = True
-                if admission.allocate is not None:
-                    self._annotate_allocate(pod, admission.allocate)
+        requests = _held(resources.pod_requests(pod))
+        if requests:
+            shortfall = resources.first_shortfall(requests, self.extended_in_use(), self._node_allocatable())
+            if shortfall is not None:
+                self._fail(pod, shortfall.reason, shortfall.message)
+                return
+        allocate: Mapping[str, Any] | None = None
+        if need > 0 and self.device_manager is not None:
+            admission = self._device_admit(pod)
+            if not admission.admitted:
+                self._fail(pod, admission.reason or UNEXPECTED_ADMISSION_ERROR, admission.message)
+                return
+            with self._lock:
+                record.device_admitted = True
+            allocate = admission.allocate
+            if allocate is not None:
+                self._annotate_allocate(pod, allocate)
         with self._lock:
             record.dies = need
+            record.requests = requests
             record.active = True
+            self._start_containers(record, allocate)
         if self.container_runner is None or not self.container_runner.start_pod(pod, lambda: self._report_ready(record, pod)):
             self._mark_running(pod)
+
+    def _node_allocatable(self) -> Mapping[str, Any]:
+        """The Node's status.allocatable now (kubelet reads it from its node lister)."""
+        node: Any = self._core.read_node(self.node_name, _preload_content=False)
+        return (json.loads(node.data).get("status") or {}).get("allocatable") or {}
+
+    # -- container environments --------------------------------------------------------------
+
+    def _start_containers(self, record: _PodRecord, allocate: Mapping[str, Any] | None) -> None:
+        """Build every container's env at its first start (lock held)."""
+        spec = record.pod.get("spec") or {}
+        containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
+        record.plugin_envs = _plugin_envs(allocate, containers)
+        for container in containers:
+            record.restarts.setdefault(str(container.get("name")), 0)
+            self._start_container(record, str(container.get("name")))
+
+    def _start_container(self, record: _PodRecord, name: str) -> None:
+        record.env_errors.pop(name, None)
+        try:
+            record.envs[name] = podenv.container_env(record.pod, name, record.plugin_envs.get(name), self._lookup_for(record))
+        except podenv.EnvError as exc:
+            record.envs.pop(name, None)
+            record.env_errors[name] = str(exc)
+            log.info("container env not resolved", extra={"node": self.node_name, "pod": f"{record.namespace}/{record.name}",
+                                                          "container": name, "error": str(exc)})
+
+    def _lookup_for(self, record: _PodRecord) -> podenv.Lookup:
+        def lookup(kind: str, name: str, optional: bool) -> Mapping[str, str] | None:
+            try:
+                if kind == "configMap":
+                    return dict(self._core.read_namespaced_config_map(name, record.namespace).data or {})
+                secret = self._core.read_namespaced_secret(name, record.namespace)
+                return {k: base64.b64decode(v).decode(errors="replace") for k, v in (secret.data or {}).items()}
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise podenv.EnvError(f"{kind} {name!r}: API error {exc.status}") from None
+        return lookup
+
+    def _report_restart(self, namespace: str, pod: str, container: str, count: int) -> None:
+        raw: Any = self._core.read_namespaced_pod_status(pod, namespace, _preload_content=False)
+        status = json.loads(raw.data).get("status") or {}
+        now = nodes.now_rfc3339()
+        patch: dict[str, Any] = {}
+        for key in ("initContainerStatuses", "containerStatuses"):
+            statuses = status.get(key) or []
+            for entry in statuses:
+                if entry.get("name") == container:
+                    entry["lastState"] = {"terminated": {"exitCode": 1, "reason": "Error", "finishedAt": now}}
+                    entry["restartCount"] = count
+                    entry["state"] = {"running": {"startedAt": now}}
+                    patch[key] = statuses
+        if patch:
+            self._core.patch_namespaced_pod_status(pod, namespace, {"status": patch})
 
     def _report_ready(self, record: _PodRecord, pod: Mapping[str, Any]) -> None:
         """The runner's processes passed their readiness probes (called from its thread)."""
@@ -419,6 +562,33 @@ class SimulatedKubelet:
         if spec.get("initContainers"):
             status["initContainerStatuses"] = [init_done(c) for c in spec["initContainers"]]
         self._core.patch_namespaced_pod_status(meta["name"], meta["namespace"], {"status": status})
+
+
+def _held(requests: Mapping[str, int]) -> dict[str, int]:
+    """The extended resources the kubelet counts itself (`k80s.io/die` is the device manager's)."""
+    return {name: value for name, value in requests.items() if name != DIE_RESOURCE and value > 0}
+
+
+def _allocate_annotation(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The Allocate record this kubelet wrote on a pod it admitted earlier, if any."""
+    text = ((pod.get("metadata") or {}).get("annotations") or {}).get(ALLOCATE_ANNOTATION)
+    try:
+        data = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return data if isinstance(data, Mapping) else None
+
+
+def _plugin_envs(allocate: Mapping[str, Any] | None, containers: list[Mapping[str, Any]]) -> dict[str, dict[str, str]]:
+    """Container → the envs the device plugin's Allocate returned for it. Without a per-container
+    record, the pod-wide envs go to every container that requests `k80s.io/die`."""
+    if not allocate:
+        return {}
+    per_container = allocate.get("containers")
+    if isinstance(per_container, list):
+        return {str(c.get("name")): {str(k): str(v) for k, v in (c.get("envs") or {}).items()} for c in per_container}
+    envs = {str(k): str(v) for k, v in (allocate.get("envs") or {}).items()}
+    return {str(c.get("name")): dict(envs) for c in containers if pod_die_request({"spec": {"containers": [c]}}) > 0}
 
 
 def _running_and_ready(pod: Mapping[str, Any]) -> bool:
