@@ -56,7 +56,8 @@ def test_node_patch_shape() -> None:
 
     inv = NodeInventory(dies=simulated_dies("n", 3), driver="470.256.02", updated="2026-11-25T12:00:00Z")
     body = node_patch(inv)
-    assert body["metadata"]["labels"] == {"k80s.io/boards": "3", "k80s.io/dies": "6"}
+    assert body["metadata"]["labels"] == {"k80s.io/boards": "3", "k80s.io/dies": "6", "k80s.io/mode": "exclusive"}
+    assert node_patch(inv, "shared")["metadata"]["labels"]["k80s.io/mode"] == "shared"
     text = body["metadata"]["annotations"]["k80s.io/dies"]
     assert " " not in text and json.loads(text)["version"] == 1
     assert NodeInventory.from_json(text) == inv
@@ -71,7 +72,7 @@ def test_publishes_idle_dies_then_allocations_and_health() -> None:
         assert [(d.free_mib, d.nvml_free_mib, d.used_mib, d.health, d.allocated_to) for d in first.dies] == [
             (11366, 11434, 7, "Healthy", None)] * 4
         assert first.driver == "470.256.02" and recorder.patches[0][1]["metadata"]["labels"] == {
-            "k80s.io/boards": "2", "k80s.io/dies": "4"}
+            "k80s.io/boards": "2", "k80s.io/dies": "4", "k80s.io/mode": "exclusive"}
         assert json.loads(recorder.patches[0][1]["metadata"]["annotations"]["k80s.io/dies"])["updated"].endswith("Z")
 
         admitted = h.kubelet.admit(pod("u1", 2, namespace="team"))

@@ -13,6 +13,7 @@ from k80s.plugin.settings import PluginSettings, describe, env_name, flag_name, 
 
 def test_defaults_match_the_design() -> None:
     s = load([], {})
+    assert s.mode == "exclusive"
     assert s.context_reserve_mib == 68
     assert s.metrics_port == 9480
     assert s.kubelet_root == Path("/var/lib/kubelet")
@@ -31,6 +32,7 @@ def test_settings_are_frozen_and_documented() -> None:
 
 
 VALUES = {
+    "mode": ("shared", "shared"),
     "kubelet_root": ("/tmp/kr", Path("/tmp/kr")),
     "socket_name": ("x.sock", "x.sock"),
     "node_name": ("n1", "n1"),
@@ -60,9 +62,10 @@ def test_every_field_is_covered_here() -> None:
 @pytest.mark.parametrize("name", sorted(VALUES))
 def test_flag_and_env_are_one_to_one(name: str) -> None:
     raw, expected = VALUES[name]
-    extra = ["--simulate", "2xK80"] if name == "simulate_faults" else []
+    needs = {"simulate_faults": ("simulate", "2xK80"), "mode": ("node_name", "n1")}.get(name)
+    extra = [flag_name(needs[0]), needs[1]] if needs else []
     assert getattr(load([flag_name(name), raw, *extra], {}), name) == expected
-    env = {env_name(name): raw, **({"K80S_PLUGIN_SIMULATE": "2xK80"} if extra else {})}
+    env = {env_name(name): raw, **({env_name(needs[0]): needs[1]} if needs else {})}
     assert getattr(load([], env), name) == expected
     assert env_name(name) == "K80S_PLUGIN_" + name.upper()
 
@@ -82,6 +85,8 @@ def test_flag_wins_over_env() -> None:
     (["--socket-name", "a/b"], {}, "--socket-name"),
     (["--kubelet-root", "/" + "x" * 120], {}, "--kubelet-root"),
     (["--no-such-flag"], {}, "no-such-flag"),
+    (["--mode", "fractional"], {}, "--mode / K80S_PLUGIN_MODE"),
+    ([], {"K80S_PLUGIN_MODE": "shared"}, "--node-name / K80S_PLUGIN_NODE_NAME"),
 ])
 def test_bad_values_name_the_flag_and_env(argv: list[str], env: dict[str, str], names: str) -> None:
     with pytest.raises(InvalidSpec) as info:
@@ -92,7 +97,8 @@ def test_bad_values_name_the_flag_and_env(argv: list[str], env: dict[str, str], 
 def test_describe_lists_every_setting_for_the_readme() -> None:
     rows = describe()
     assert [r[0] for r in rows] == [flag_name(f.name) for f in dataclasses.fields(PluginSettings)]
-    assert ("--context-reserve-mib", "K80S_PLUGIN_CONTEXT_RESERVE_MIB", "68") == rows[7][:3]
+    assert ("--context-reserve-mib", "K80S_PLUGIN_CONTEXT_RESERVE_MIB", "68") in [r[:3] for r in rows]
+    assert rows[0][:3] == ("--mode", "K80S_PLUGIN_MODE", "exclusive")
 
 
 def test_readme_documents_every_env_var() -> None:

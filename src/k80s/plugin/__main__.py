@@ -60,11 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if s.node_name and core is None:
         log.warning("no kubeconfig and not in a cluster: the k80s.io/dies annotation will not be published")
-    server = PluginServer(s, backend, node_patch_with(core) if core is not None else None)
+    server = PluginServer(s, backend, node_patch_with(core) if core is not None else None, core)
     remover = None
+    gate, resource = server.startup_gate()
     if core is not None and s.startup_taint:
-        remover = StartupTaintRemover(KubernetesNodeApi(core), s.node_name, s.startup_taint,
-                                      plugin_settings.RESOURCE_NAME, server.registered)
+        remover = StartupTaintRemover(KubernetesNodeApi(core), s.node_name, s.startup_taint, resource, gate)
     stop_requested = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -74,7 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.info("k80s device plugin starting", extra={
-        "backend": backend.kind, "kubelet_root": str(s.kubelet_root), "node": s.node_name, "resource": plugin_settings.RESOURCE_NAME})
+        "backend": backend.kind, "kubelet_root": str(s.kubelet_root), "node": s.node_name, "mode": s.mode,
+        "resource": resource})
     server.start()
     if remover is not None:
         remover.start()

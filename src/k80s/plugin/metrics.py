@@ -1,14 +1,16 @@
 """`/healthz`, `/readyz` and Prometheus `/metrics` of the device plugin (port 9480 by default).
 
 Per-die gauges are computed at scrape time from the monitor's current state, so a die that goes
-away leaves no stale series. Counters track XIDs, RPCs, registrations and Node patches.
+away leaves no stale series. Counters track XIDs, RPCs, registrations and Node patches. In shared
+mode there are also the MiB reserved on each die, the capacity the node offers, and the capacity
+patches (re-assertions after the kubelet dropped it, or health changes).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -16,8 +18,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from k80s.core.sharing import DieLedger
 from k80s.plugin.health import XidEvent
-from k80s.plugin.monitor import DieMonitor
+from k80s.plugin.monitor import DieMonitor, PluginDie
+from k80s.plugin.shared import shared_capacity
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +29,11 @@ Probe = Callable[[], tuple[bool, str]]
 
 
 class _DieCollector(Collector):
-    def __init__(self, monitor: DieMonitor, allocations: Callable[[], Mapping[str, str]]) -> None:
+    def __init__(self, monitor: DieMonitor, allocations: Callable[[], Mapping[str, str]],
+                 reservations: Callable[[], DieLedger] | None) -> None:
         self._monitor = monitor
         self._allocations = allocations
+        self._reservations = reservations
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         state = self._monitor.state()
@@ -50,10 +56,30 @@ class _DieCollector(Collector):
         up = GaugeMetricFamily("k80s_plugin_backend_up", "1 when NVML (or the simulated backend) answers")
         up.add_metric([], 1.0 if state.backend_ok else 0.0)
         yield from (free, nvml_free, used, total, healthy, alloc, up)
+        if self._reservations is not None:
+            yield from self._shared(state.dies, self._reservations())
+
+    def _shared(self, dies: Sequence[PluginDie], ledger: DieLedger) -> Iterator[GaugeMetricFamily]:
+        reserved = GaugeMetricFamily("k80s_plugin_die_reserved_mib",
+                                     "Shared mode: MiB the k80s.io/assignment of pods on this node reserve on the die",
+                                     labels=["uuid", "index", "board"])
+        holders = GaugeMetricFamily("k80s_plugin_die_shares", "Shared mode: pods holding a share of the die",
+                                    labels=["uuid", "index", "board"])
+        for d in dies:
+            key = [d.identity.uuid, str(d.identity.index), d.identity.board]
+            reserved.add_metric(key, ledger.reserved_mib(d.identity.uuid))
+            holders.add_metric(key, len(ledger.holders(d.identity.uuid)))
+        offered = GaugeMetricFamily("k80s_plugin_shared_capacity",
+                                    "Shared mode: what the plugin asserts in the Node's capacity and allocatable",
+                                    labels=["resource"])
+        for resource, value in shared_capacity(self._monitor.state().inventory()).items():
+            offered.add_metric([resource], value)
+        yield from (reserved, holders, offered)
 
 
 class PluginMetrics:
-    def __init__(self, monitor: DieMonitor, allocations: Callable[[], Mapping[str, str]]) -> None:
+    def __init__(self, monitor: DieMonitor, allocations: Callable[[], Mapping[str, str]],
+                 reservations: Callable[[], DieLedger] | None = None) -> None:
         self.registry = CollectorRegistry()
         self.xids = Counter("k80s_plugin_xid_events", "XID events seen, by die and XID", ["uuid", "xid", "critical"],
                             registry=self.registry)
@@ -63,7 +89,11 @@ class PluginMetrics:
                                      registry=self.registry)
         self.node_patches = Counter("k80s_plugin_node_patches", "k80s.io/dies Node patches", ["outcome"],
                                     registry=self.registry)
-        self.registry.register(_DieCollector(monitor, allocations))
+        self.capacity_reasserts = Counter(
+            "k80s_plugin_capacity_reasserts",
+            "Shared mode: Node status patches that put k80s.io/vram-mib and k80s.io/die-major back or moved them",
+            ["outcome"], registry=self.registry)
+        self.registry.register(_DieCollector(monitor, allocations, reservations))
 
     def on_xid(self, event: XidEvent, critical: bool, hit: tuple[str, ...]) -> None:
         self.xids.labels(uuid=event.uuid or "", xid=str(event.xid), critical=str(critical).lower()).inc()

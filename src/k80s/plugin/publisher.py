@@ -23,7 +23,9 @@ from k80s._proto.podresources.v1 import api_pb2 as pr
 from k80s._proto.podresources.v1 import api_pb2_grpc as pr_grpc
 from k80s.core.errors import DeviceError
 from k80s.core.inventory import NodeInventory, needs_republish, with_allocations
+from k80s.core.sharing import EXCLUSIVE, MODE_LABEL, DieLedger
 from k80s.plugin.monitor import DieMonitor
+from k80s.plugin.shared import with_reservations
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +52,11 @@ def allocations_from_pods(response: pr.ListPodResourcesResponse, resource: str) 
     return out
 
 
-def node_patch(inventory: NodeInventory) -> dict[str, Any]:
-    """The strategic-merge patch that publishes an inventory."""
+def node_patch(inventory: NodeInventory, mode: str = EXCLUSIVE) -> dict[str, Any]:
+    """The strategic-merge patch that publishes an inventory (and the plugin's mode)."""
     return {"metadata": {
         "annotations": {DIES_ANNOTATION: inventory.to_json()},
-        "labels": {BOARDS_LABEL: str(inventory.boards), DIES_LABEL: str(len(inventory.dies))},
+        "labels": {BOARDS_LABEL: str(inventory.boards), DIES_LABEL: str(len(inventory.dies)), MODE_LABEL: mode},
     }}
 
 
@@ -130,8 +132,11 @@ class KubernetesNodeApi:
 class NodePublisher:
     def __init__(self, monitor: DieMonitor, node_name: str, patch: NodePatch,
                  pod_resources: PodResourcesClient | None, resource: str, poll_s: float,
-                 on_patch: Callable[[str], None] | None = None) -> None:
+                 on_patch: Callable[[str], None] | None = None, mode: str = EXCLUSIVE,
+                 reservations: Callable[[], DieLedger] | None = None) -> None:
         self._monitor = monitor
+        self._mode = mode
+        self._reservations = reservations
         self._node = node_name
         self._patch = patch
         self._pod_resources = pod_resources
@@ -180,6 +185,8 @@ class NodePublisher:
             state = self._monitor.state()
             if state.opened and now >= retry_at:
                 inventory = with_allocations(state.inventory(), self.allocations)
+                if self._reservations is not None:  # shared mode: who holds which MiB of each die
+                    inventory = with_reservations(inventory, self._reservations())
                 if needs_republish(self.published, inventory):
                     retry_at = 0.0 if self._publish(inventory) else now + PATCH_RETRY_S
             version = state.version
@@ -202,7 +209,7 @@ class NodePublisher:
     def _publish(self, inventory: NodeInventory) -> bool:
         stamped = replace(inventory, updated=utc_now_text())
         try:
-            self._patch(self._node, node_patch(stamped))
+            self._patch(self._node, node_patch(stamped, self._mode))
         except Exception as exc:  # the API server may be away; retry, lose nothing
             log.warning("Node patch failed", extra={"node": self._node, "error": str(exc)[:500]})
             self._on_patch("error")
@@ -211,5 +218,6 @@ class NodePublisher:
         self._on_patch("ok")
         log.info("published die inventory", extra={
             "node": self._node, "healthy": sum(d.healthy for d in inventory.dies), "dies": len(inventory.dies),
-            "allocated": sum(d.allocated_to is not None for d in inventory.dies)})
+            "allocated": sum(d.allocated_to is not None for d in inventory.dies),
+            "reservedMiB": sum(d.reserved_mib for d in inventory.dies)})
         return True

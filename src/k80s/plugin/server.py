@@ -5,6 +5,10 @@ Life cycle (kubernetes.md §1.4, §1.9): serve on `<root>/device-plugins/<socket
 register. A lifecycle thread checks both sockets every `socket_check_s`; if our socket is gone or
 replaced it serves again on a fresh one, and if `kubelet.sock` was recreated (or our socket was)
 it registers again. `stop()` ends the streams, removes our socket and shuts NVML down.
+
+In `shared` mode (reference/sharing.md §7.1) there is no socket and no registration: the plugin
+keeps `k80s.io/vram-mib`/`k80s.io/die-major` in the Node's status (`shared.SharedCapacity`) and
+publishes per-die reservations from the pods bound to the node (`shared.PodReservations`).
 """
 
 from __future__ import annotations
@@ -14,12 +18,13 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import grpc  # type: ignore[import-untyped, unused-ignore]
 
 from k80s._proto.deviceplugin.v1beta1 import api_pb2_grpc as pb_grpc
 from k80s.core.errors import DeviceError
+from k80s.core.sharing import SHARED, VRAM_RESOURCE
 from k80s.plugin.backend import DieBackend
 from k80s.plugin.health import HealthPolicy
 from k80s.plugin.metrics import HealthServer, PluginMetrics
@@ -28,6 +33,7 @@ from k80s.plugin.publisher import NodePatch, NodePublisher, PodResourcesClient
 from k80s.plugin.registration import SocketId, register, socket_id
 from k80s.plugin.servicer import OPTIONS, DevicePluginServicer
 from k80s.plugin.settings import RESOURCE_NAME, PluginSettings
+from k80s.plugin.shared import PodReservations, SharedCapacity
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +43,35 @@ STOP_GRACE_S: Final = 1.0
 
 
 class PluginServer:
-    def __init__(self, settings: PluginSettings, backend: DieBackend, node_patch: NodePatch | None = None) -> None:
+    """`core` (a CoreV1Api) is needed in shared mode only: it watches the Node and the pods bound
+    to it and patches the Node's status."""
+
+    def __init__(self, settings: PluginSettings, backend: DieBackend, node_patch: NodePatch | None = None,
+                 core: Any | None = None) -> None:
         self.settings = settings
+        self.shared = settings.mode == SHARED
         policy = HealthPolicy(settings.ignored_xids, settings.sticky_xids, settings.health_recovery_s)
         self.monitor = DieMonitor(backend, policy, settings.context_reserve_mib, settings.memory_poll_s)
         self.publisher: NodePublisher | None = None
-        self.metrics = PluginMetrics(self.monitor, lambda: dict(self.publisher.allocations) if self.publisher else {})
+        self.reservations: PodReservations | None = None
+        self.capacity: SharedCapacity | None = None
+        if self.shared and core is not None and settings.node_name:
+            self.reservations = PodReservations(core, settings.node_name, on_change=self.monitor.poke)
+        self.metrics = PluginMetrics(self.monitor, lambda: dict(self.publisher.allocations) if self.publisher else {},
+                                     self.reservations.ledger if self.reservations else None)
         self.monitor.on_xid = self.metrics.on_xid
+        if self.shared and core is not None and settings.node_name:
+            self.capacity = SharedCapacity(
+                self.monitor, core, settings.node_name,
+                on_patch=lambda outcome: self.metrics.capacity_reasserts.labels(outcome=outcome).inc())
         if node_patch is not None and settings.node_name:
+            # Shared pods hold no k80s.io/die, so pod-resources has nothing to say about them.
             self.publisher = NodePublisher(
-                self.monitor, settings.node_name, node_patch, PodResourcesClient(settings.pod_resources_socket),
+                self.monitor, settings.node_name, node_patch,
+                None if self.shared else PodResourcesClient(settings.pod_resources_socket),
                 RESOURCE_NAME, settings.pod_resources_poll_s,
-                on_patch=lambda outcome: self.metrics.node_patches.labels(outcome=outcome).inc())
+                on_patch=lambda outcome: self.metrics.node_patches.labels(outcome=outcome).inc(),
+                mode=settings.mode, reservations=self.reservations.ledger if self.reservations else None)
         self.http = HealthServer(settings.metrics_address, settings.metrics_port, self.metrics, self._live, self._ready)
         self.registered = threading.Event()
         self.registrations = 0
@@ -61,20 +84,39 @@ class PluginServer:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        self.settings.device_plugin_dir.mkdir(parents=True, exist_ok=True)
         self.monitor.start()
         self.http.start()
         log.info("health and metrics listening", extra={"address": self.settings.metrics_address, "port": self.http.port})
+        if self.reservations is not None:
+            self.reservations.start()
+        if self.capacity is not None:
+            self.capacity.start()
         if self.publisher is not None:
             self.publisher.start()
+        if self.shared:
+            log.info("shared mode: k80s.io/die is not registered with the kubelet",
+                     extra={"node": self.settings.node_name, "capacity": self.capacity is not None})
+            return
+        self.settings.device_plugin_dir.mkdir(parents=True, exist_ok=True)
         self._lifecycle.start()
+
+    def startup_gate(self) -> tuple[threading.Event, str]:
+        """What the startup-taint remover waits for, and the allocatable resource it then checks."""
+        if self.shared:
+            return (self.capacity.published if self.capacity else threading.Event()), VRAM_RESOURCE
+        return self.registered, RESOURCE_NAME
 
     def stop(self) -> None:
         if self._stop.is_set():
             return
         self._stop.set()
-        self._lifecycle.join(timeout=10)
+        if self._lifecycle.is_alive():
+            self._lifecycle.join(timeout=10)
         self._stop_grpc()
+        if self.capacity is not None:
+            self.capacity.stop()
+        if self.reservations is not None:
+            self.reservations.stop()
         if self.publisher is not None:
             self.publisher.stop()
         self.http.stop()
@@ -151,7 +193,13 @@ class PluginServer:
 
     # -- probes ------------------------------------------------------------------------------
     def _live(self) -> tuple[bool, str]:
-        if not self._lifecycle.is_alive() and not self._stop.is_set():
+        if self._stop.is_set():
+            return True, "ok"
+        if self.shared:
+            for name, part in (("capacity", self.capacity), ("pod reservations", self.reservations)):
+                if part is not None and not part.is_alive():
+                    return False, f"{name} thread stopped"
+        elif not self._lifecycle.is_alive():
             return False, "lifecycle thread stopped"
         return True, "ok"
 
@@ -159,6 +207,12 @@ class PluginServer:
         state = self.monitor.state()
         if not state.opened:
             return False, f"dies not enumerated yet: {state.error or 'starting'}"
+        if self.shared:
+            if self.capacity is None:
+                return False, "shared mode needs the Kubernetes API to patch the Node's capacity"
+            if not self.capacity.published.is_set():
+                return False, f"{VRAM_RESOURCE} not yet in the Node's capacity"
+            return True, "ok"
         if not self.registered.is_set():
             return False, "not registered with the kubelet"
         return True, "ok"

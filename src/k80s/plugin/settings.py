@@ -13,6 +13,7 @@ from typing import Final
 
 from k80s.core.errors import InvalidSpec
 from k80s.core.inventory import CONTEXT_RESERVE_MIB
+from k80s.core.sharing import EXCLUSIVE, MODES, SHARED
 from k80s.plugin.health import APPLICATION_XIDS, DEFAULT_RECOVERY_S, STICKY_XIDS
 from k80s.settings import SettingsLoader
 from k80s.settings import setting as _doc
@@ -31,6 +32,15 @@ class PluginSettings:
     """Everything the device plugin can be told. Field docstrings live in `metadata["doc"]` and
     are what `--help` and plugin/README.md print."""
 
+    mode: str = _doc(
+        "How this node's dies are offered. 'exclusive': each die is one k80s.io/die device "
+        "registered with the kubelet, a pod gets whole dies. 'shared': nothing is registered "
+        "with the kubelet; the plugin patches the Node's capacity with k80s.io/vram-mib (sum of "
+        "the healthy dies' shareable MiB) and k80s.io/die-major (healthy dies), re-asserts them "
+        "whenever they go missing, and publishes per-die reservedMiB/sharedBy from the "
+        "k80s.io/assignment annotations of the pods bound to the node (several pods per die, "
+        "placed by the extender's bind verb). The node is labelled k80s.io/mode=<mode>.",
+        default=EXCLUSIVE)
     kubelet_root: Path = _doc(
         "Kubelet root directory; the plugin serves on <root>/device-plugins/<socket-name>, "
         "registers at <root>/device-plugins/kubelet.sock and reads <root>/pod-resources/kubelet.sock. "
@@ -123,6 +133,10 @@ def _seconds(raw: str) -> float:
 
 
 def _validate(s: PluginSettings) -> None:
+    if s.mode not in MODES:
+        raise InvalidSpec(LOADER.where("mode"), f"{s.mode!r} is not one of {', '.join(MODES)}")
+    if s.mode == SHARED and not s.node_name:
+        raise InvalidSpec(LOADER.where("node_name"), "is required with --mode shared (the plugin patches its Node's capacity)")
     if s.context_reserve_mib < 0:
         raise InvalidSpec(LOADER.where("context_reserve_mib"), f"{s.context_reserve_mib} must be >= 0")
     LOADER.check_port(s, "metrics_port")
@@ -148,7 +162,8 @@ LOADER: Final = SettingsLoader(
     PluginSettings,
     prog="k80s-plugin",
     env_prefix=ENV_PREFIX,
-    description="k80s device plugin: advertises each K80 die as one k80s.io/die device.",
+    description="k80s device plugin: advertises each K80 die as one k80s.io/die device (--mode "
+                "exclusive) or the node's shareable die memory as k80s.io/vram-mib (--mode shared).",
     converters={"ignored_xids": _xids, "sticky_xids": _xids, **{name: _seconds for name in _SECONDS}},
     validate=_validate,
 )
