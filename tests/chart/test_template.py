@@ -65,7 +65,7 @@ def test_default_objects(defaults: Rendered) -> None:
         ("ClusterRoleBinding", f"{FULL}-operator"), ("Role", f"{FULL}-operator-leader-election"),
         ("RoleBinding", f"{FULL}-operator-leader-election"), ("Deployment", f"{FULL}-operator"),
         ("Service", f"{FULL}-plugin-metrics"), ("Service", f"{FULL}-extender-metrics"),
-        ("Service", f"{FULL}-operator-metrics"),
+        ("Service", f"{FULL}-operator-metrics"), ("PriorityClass", "k80s-shared"),
     }
     got = {(o["kind"], o["metadata"]["name"]) for o in defaults.objects}
     assert got == expected
@@ -73,7 +73,7 @@ def test_default_objects(defaults: Rendered) -> None:
 
 
 def test_every_object_is_labelled_and_namespaced(defaults: Rendered) -> None:
-    cluster_scoped = {"ClusterRole", "ClusterRoleBinding"}
+    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "PriorityClass"}
     for o in defaults.objects:
         labels = o["metadata"]["labels"]
         assert labels["app.kubernetes.io/instance"] == "k80s", o["metadata"]["name"]
@@ -270,7 +270,8 @@ def test_scheduler_rbac(defaults: Rendered) -> None:
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["k80s-scheduler"], "verbs": ["get", "update"]},
     ]
     extender = defaults.get("ClusterRole", f"{FULL}-extender")
-    assert extender["rules"] == [{"apiGroups": [""], "resources": ["nodes", "pods"], "verbs": ["get", "list", "watch"]}]
+    assert extender["rules"] == [{"apiGroups": [""], "resources": ["nodes", "pods"], "verbs": ["get", "list", "watch"]},
+                                 {"apiGroups": [""], "resources": ["pods/binding", "bindings"], "verbs": ["create"]}]
     for kind, name in [("ClusterRoleBinding", f"{FULL}-scheduler"), ("ClusterRoleBinding", f"{FULL}-scheduler-volume"),
                        ("RoleBinding", f"{FULL}-scheduler-auth-reader"), ("RoleBinding", f"{FULL}-scheduler-leader-election"),
                        ("ClusterRoleBinding", f"{FULL}-extender")]:
@@ -321,6 +322,20 @@ def test_operator_settings_from_values(tmp_path: Path) -> None:
     assert env["K80S_OPERATOR_NAMESPACES"] == "models,lab"
     assert env["K80S_OPERATOR_RUNTIME_POLICIES"] == "registry.local/ollama37:*=ollama37-2026"
     assert env["K80S_OPERATOR_REGISTRY_FIRST"] == "true" and env["K80S_OPERATOR_DIE_FREE_MIB"] == "11000"
+
+
+def test_shared_model_pods_priority_class_never_preempts(defaults: Rendered, tmp_path: Path) -> None:
+    from k80s.operator.settings import DEFAULT_SHARED_PRIORITY_CLASS
+
+    pc = defaults.get("PriorityClass", DEFAULT_SHARED_PRIORITY_CLASS)
+    assert pc["apiVersion"] == "scheduling.k8s.io/v1" and pc["preemptionPolicy"] == "Never"
+    assert pc["value"] == 0 and pc["globalDefault"] is False
+    env = env_of(container(defaults.get("Deployment", f"{FULL}-operator"), "operator"))
+    assert env["K80S_OPERATOR_SHARED_PRIORITY_CLASS"] == DEFAULT_SHARED_PRIORITY_CLASS
+    own = render(values={"operator": {"sharedPriorityClass": {"create": False, "name": "site-shared"}}}, tmp=tmp_path)
+    assert "PriorityClass" not in own.kinds()
+    assert env_of(container(own.get("Deployment", f"{FULL}-operator"), "operator"))[
+        "K80S_OPERATOR_SHARED_PRIORITY_CLASS"] == "site-shared"
 
 
 def test_component_env_names_are_settings_of_the_programs(defaults: Rendered) -> None:
