@@ -412,16 +412,39 @@ def render_plan(out: Console, report: Any) -> None:
             out.print(f"  {len(nodes)} node{'s' if len(nodes) != 1 else ''} ({', '.join(nodes[:3])}"
                       f"{', …' if len(nodes) > 3 else ''}): {why}")
     if report.node_shape is not None:
+        pool = " shared" if report.node_mode == "shared" else ""
         if report.extra_nodes is None:
-            out.print(f"[red]even {report.max_nodes} more {report.node_shape} nodes would not place every replica[/]")
+            out.print(f"[red]even {report.max_nodes} more {report.node_shape}{pool} nodes would not place every replica[/]")
         elif report.extra_nodes == 0:
             which = "every placeable replica" if not report.all_placed else "every replica"
             out.print(f"{which} fits the cluster as it is; no more {report.node_shape} nodes needed")
         else:
-            out.print(f"{report.extra_nodes} more {report.node_shape} node{'s' if report.extra_nodes != 1 else ''} "
+            out.print(f"{report.extra_nodes} more {report.node_shape}{pool} node{'s' if report.extra_nodes != 1 else ''} "
                       "would place every replica")
     elif report.all_placed:
         out.print("[green]every replica is placed[/]")
+
+
+@main.command()
+@click.option("--nvml-library", default="", envvar="K80S_GUARD_NVML_LIBRARY", show_envvar=True,
+              help="Path of libnvidia-ml.so.1 (default: the one the loader finds).")
+def guard(nvml_library: str) -> None:
+    """Check a shared pod's dies before its runtime starts (the k80s-guard init container).
+
+    Reads K80S_ASSIGNMENT, CUDA_VISIBLE_DEVICES and NVIDIA_VISIBLE_DEVICES and NVML's free memory
+    (no CUDA context). Prints one line per die and exits 0, or names every problem and exits 1.
+    """
+    import os
+
+    from k80s import guard as guard_check
+
+    result = guard_check.check(os.environ, guard_check.read_free_mib(nvml_library))
+    for die in result.dies:
+        click.echo(die.line())
+    for problem in result.problems:
+        click.echo(f"k80s guard: {problem}", err=True)
+    if not result.ok:
+        sys.exit(1)
 
 
 main.add_command(cluster)
