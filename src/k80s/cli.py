@@ -412,14 +412,13 @@ def render_plan(out: Console, report: Any) -> None:
             out.print(f"  {len(nodes)} node{'s' if len(nodes) != 1 else ''} ({', '.join(nodes[:3])}"
                       f"{', …' if len(nodes) > 3 else ''}): {why}")
     if report.node_shape is not None:
-        pool = " shared" if report.node_mode == "shared" else ""
         if report.extra_nodes is None:
-            out.print(f"[red]even {report.max_nodes} more {report.node_shape}{pool} nodes would not place every replica[/]")
+            out.print(f"[red]even {report.max_nodes} more {report.node_shape} nodes would not place every replica[/]")
         elif report.extra_nodes == 0:
             which = "every placeable replica" if not report.all_placed else "every replica"
             out.print(f"{which} fits the cluster as it is; no more {report.node_shape} nodes needed")
         else:
-            out.print(f"{report.extra_nodes} more {report.node_shape}{pool} node{'s' if report.extra_nodes != 1 else ''} "
+            out.print(f"{report.extra_nodes} more {report.node_shape} node{'s' if report.extra_nodes != 1 else ''} "
                       "would place every replica")
     elif report.all_placed:
         out.print("[green]every replica is placed[/]")
