@@ -294,3 +294,16 @@ def test_terminal_pods_hold_no_share() -> None:
     done = replace(pod_view(shared_pod("d", o, uid="ud", dies=(("GPU-0", 0, 663),))), phase="Succeeded")
     live = pod_view(shared_pod("l", o, uid="ul", dies=(("GPU-0", 0, 9971),)))
     assert st.die_holders([done, live]) == {"GPU-0": ("models/l",)}
+
+
+def test_the_docs_example_is_a_shared_gemma3_12b_plan() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    doc = yaml.safe_load((Path(__file__).resolve().parents[2] / "docs/examples/shared-gemma3-12b.yaml").read_text())
+    assert doc["apiVersion"] == "k80s.io/v1alpha1" and doc["kind"] == "ModelDeployment"
+    s = parse_spec(doc["spec"])
+    assert s.shared and s.replicas == 2
+    plan = make_plan(s, catalogue_model(), default_image=DEFAULT_LLAMACPP_IMAGE, default_free_mib=IDLE_DIE_FREE_MIB)
+    assert plan.shares is not None and plan.shares.slot_mib == (663, 9971)
