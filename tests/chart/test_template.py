@@ -54,7 +54,7 @@ def test_kube_version_below_1_30_is_refused() -> None:
 def test_default_objects(defaults: Rendered) -> None:
     expected = {
         ("ServiceAccount", f"{FULL}-plugin"), ("ClusterRole", f"{FULL}-plugin"), ("ClusterRoleBinding", f"{FULL}-plugin"),
-        ("DaemonSet", f"{FULL}-plugin"),
+        ("DaemonSet", f"{FULL}-plugin-default"),
         ("ServiceAccount", f"{FULL}-scheduler"), ("ConfigMap", f"{FULL}-scheduler-config"),
         ("Deployment", f"{FULL}-scheduler"), ("PodDisruptionBudget", f"{FULL}-scheduler"),
         ("ClusterRoleBinding", f"{FULL}-scheduler"), ("ClusterRoleBinding", f"{FULL}-scheduler-volume"),
@@ -89,7 +89,7 @@ def test_every_object_is_labelled_and_namespaced(defaults: Rendered) -> None:
 
 def test_names_follow_the_release(tmp_path: Path) -> None:
     other = render(release="gpu", namespace="ml")
-    assert other.has("DaemonSet", "gpu-k80s-plugin") and other.has("ClusterRole", "gpu-k80s-operator")
+    assert other.has("DaemonSet", "gpu-k80s-plugin-default") and other.has("ClusterRole", "gpu-k80s-operator")
     override = render(sets=["fullnameOverride=kx"])
     assert override.has("Deployment", "kx-scheduler")
     config = yaml.safe_load(other.get("ConfigMap", "gpu-k80s-scheduler-config")["data"]["scheduler-config.yaml"])
@@ -102,7 +102,7 @@ def test_names_follow_the_release(tmp_path: Path) -> None:
 
 
 def test_plugin_defaults_nvml_through_the_runtime_class(defaults: Rendered) -> None:
-    ds = defaults.get("DaemonSet", f"{FULL}-plugin")
+    ds = defaults.get("DaemonSet", f"{FULL}-plugin-default")
     pod = ds["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"nvidia.com/gpu.family": "kepler"}
     assert not any(k.startswith("k80s.io/") for k in pod["nodeSelector"])
@@ -119,6 +119,7 @@ def test_plugin_defaults_nvml_through_the_runtime_class(defaults: Rendered) -> N
     assert env["K80S_PLUGIN_KUBELET_ROOT"] == "/var/lib/kubelet"
     assert env["K80S_PLUGIN_METRICS_PORT"] == "9480"
     assert env["K80S_PLUGIN_STARTUP_TAINT"] == "startup-taint.cluster-autoscaler.kubernetes.io/k80s"
+    assert env["K80S_PLUGIN_MODE"] == "exclusive"
     assert env["NVIDIA_VISIBLE_DEVICES"] == "all" and env["NVIDIA_DRIVER_CAPABILITIES"] == "utility"
     assert "K80S_PLUGIN_SIMULATE" not in env
     sc = c["securityContext"]
@@ -138,7 +139,7 @@ def test_plugin_defaults_nvml_through_the_runtime_class(defaults: Rendered) -> N
 
 
 def test_plugin_simulated_has_no_nvml_access(simulated: Rendered) -> None:
-    ds = simulated.get("DaemonSet", f"{FULL}-plugin")
+    ds = simulated.get("DaemonSet", f"{FULL}-plugin-default")
     pod = ds["spec"]["template"]["spec"]
     env = env_of(container(ds, "plugin"))
     assert env["K80S_PLUGIN_SIMULATE"] == "2xK80"
@@ -148,13 +149,13 @@ def test_plugin_simulated_has_no_nvml_access(simulated: Rendered) -> None:
 
 
 def test_plugin_nvml_by_cdi_and_by_host_path() -> None:
-    cdi = render(sets=["plugin.nvml.mode=cdi"]).get("DaemonSet", f"{FULL}-plugin")
+    cdi = render(sets=["plugin.nvml.mode=cdi"]).get("DaemonSet", f"{FULL}-plugin-default")
     assert cdi["spec"]["template"]["metadata"]["annotations"]["cdi.k8s.io/k80s-plugin"] == "nvidia.com/gpu=all"
     assert "runtimeClassName" not in cdi["spec"]["template"]["spec"]
     assert "NVIDIA_VISIBLE_DEVICES" not in env_of(container(cdi, "plugin"))
 
     host = render(sets=["plugin.nvml.mode=hostPath", "plugin.nvml.devices={/dev/nvidiactl,/dev/nvidia0}"]).get(
-        "DaemonSet", f"{FULL}-plugin")
+        "DaemonSet", f"{FULL}-plugin-default")
     pod = host["spec"]["template"]["spec"]
     c = container(host, "plugin")
     assert "runtimeClassName" not in pod
@@ -176,7 +177,7 @@ def test_plugin_custom_placement_kubelet_root_and_startup_taint(tmp_path: Path) 
         "startupTaint": "startup-taint.cluster-autoscaler.kubernetes.io/gpu-warmup",
         "extraEnv": [{"name": "K80S_PLUGIN_HEALTH_RECOVERY_S", "value": "300"}],
     }}
-    ds = render(values=values, tmp=tmp_path).get("DaemonSet", f"{FULL}-plugin")
+    ds = render(values=values, tmp=tmp_path).get("DaemonSet", f"{FULL}-plugin-default")
     pod = ds["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"node.example.com/gpu": "k80"}
     assert pod["affinity"] == values["plugin"]["affinity"]
@@ -189,7 +190,7 @@ def test_plugin_custom_placement_kubelet_root_and_startup_taint(tmp_path: Path) 
     assert env["K80S_PLUGIN_HEALTH_RECOVERY_S"] == "300"
     assert {m["mountPath"] for m in c["volumeMounts"]} >= {"/var/lib/k0s/kubelet/device-plugins", "/var/lib/k0s/kubelet/pod-resources"}
 
-    off = render(sets=["plugin.startupTaint=", "plugin.tolerations=null"]).get("DaemonSet", f"{FULL}-plugin")
+    off = render(sets=["plugin.startupTaint=", "plugin.tolerations=null"]).get("DaemonSet", f"{FULL}-plugin-default")
     assert "tolerations" not in off["spec"]["template"]["spec"]
     assert env_of(container(off, "plugin"))["K80S_PLUGIN_STARTUP_TAINT"] == ""
 
@@ -205,6 +206,70 @@ def test_plugin_rbac_is_nodes_get_patch_only(defaults: Rendered) -> None:
 # ------------------------------------------------------------------------------------------------
 # the scheduler
 # ------------------------------------------------------------------------------------------------
+
+POOLS: dict[str, Any] = {"plugin": {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+    "nodeSelectorTerms": [{"matchExpressions": [{"key": "example.com/k80-pool", "operator": "NotIn",
+                                                  "values": ["shared"]}]}]}}},
+    "pools": [
+        {"name": "default", "mode": "exclusive"},
+        {"name": "shared", "mode": "shared", "nodeSelector": {"example.com/k80-pool": "shared"}, "affinity": {}},
+    ]}}
+
+
+def test_one_plugin_daemonset_per_pool_with_its_mode_and_nodes(tmp_path: Path) -> None:
+    rendered = render(values=POOLS, tmp=tmp_path)
+    assert sorted(d["metadata"]["name"] for d in rendered.all("DaemonSet")) == [f"{FULL}-plugin-default", f"{FULL}-plugin-shared"]
+    exclusive = rendered.get("DaemonSet", f"{FULL}-plugin-default")
+    shared = rendered.get("DaemonSet", f"{FULL}-plugin-shared")
+    # pool defaults: the plugin's node selector and affinity; a pool's own replace them
+    assert exclusive["spec"]["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.family": "kepler"}
+    assert exclusive["spec"]["template"]["spec"]["affinity"] == POOLS["plugin"]["affinity"]
+    assert shared["spec"]["template"]["spec"]["nodeSelector"] == {"example.com/k80-pool": "shared"}
+    assert "affinity" not in shared["spec"]["template"]["spec"]
+    assert env_of(container(exclusive, "plugin"))["K80S_PLUGIN_MODE"] == "exclusive"
+    assert env_of(container(shared, "plugin"))["K80S_PLUGIN_MODE"] == "shared"
+    # disjoint selectors, so neither DaemonSet claims the other's pods
+    for ds, pool in ((exclusive, "default"), (shared, "shared")):
+        selector = ds["spec"]["selector"]["matchLabels"]
+        assert selector["k80s.io/plugin-pool"] == pool and selector["app.kubernetes.io/component"] == "plugin"
+        labels = ds["spec"]["template"]["metadata"]["labels"]
+        assert all(labels[k] == v for k, v in selector.items())
+        assert ds["spec"]["template"]["spec"]["serviceAccountName"] == f"{FULL}-plugin"
+    # every plugin pod stays behind the one metrics Service
+    svc = rendered.get("Service", f"{FULL}-plugin-metrics")
+    assert all(shared["spec"]["template"]["metadata"]["labels"][k] == v for k, v in svc["spec"]["selector"].items())
+
+
+def test_a_shared_pool_adds_exactly_what_shared_mode_uses_to_the_plugin_role(tmp_path: Path) -> None:
+    role = render(values=POOLS, tmp=tmp_path).get("ClusterRole", f"{FULL}-plugin")
+    assert role["rules"] == [
+        # its own Node: get/patch (inventory, labels, startup taint), list/watch (metadata.name=<node>)
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"]},
+        # k80s.io/vram-mib and k80s.io/die-major in capacity and allocatable
+        {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]},
+        # the k80s.io/assignment of the pods bound to its node (spec.nodeName=<node>)
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
+    ]
+    # and the code uses those calls: k80s.plugin.shared
+    from k80s.plugin import shared
+
+    source = Path(shared.__file__).read_text()
+    assert "core.list_node" in source and "patch_node_status" in source and "core.list_pod_for_all_namespaces" in source
+
+
+@pytest.mark.parametrize(("sets", "fragment"), [
+    (["plugin.pools=null"], "plugin.pools is empty"),
+    (["plugin.pools[0].name=a", "plugin.pools[0].mode=shared", "plugin.pools[1].name=a",
+      "plugin.pools[1].mode=exclusive"], 'the name "a" is used twice'),
+    (["plugin.pools[0].name=a", "plugin.pools[0].mode=fractional"], "mode"),
+    (["plugin.pools[0].name=Shared_Pool", "plugin.pools[0].mode=shared"], "name"),
+    (["plugin.pools[0].mode=shared"], "name"),
+])
+def test_bad_pools_are_refused_naming_the_problem(sets: list[str], fragment: str) -> None:
+    result = template(sets=sets)
+    assert result.returncode != 0, f"{sets} rendered"
+    assert fragment in result.stderr, result.stderr
+
 
 
 def test_scheduler_config_is_the_canonical_file_with_the_release_namespace(defaults: Rendered) -> None:
@@ -287,7 +352,7 @@ def test_single_scheduler_replica_has_no_disruption_budget() -> None:
 def test_components_can_be_disabled() -> None:
     only_plugin = render(sets=["scheduler.enabled=false", "operator.enabled=false"])
     assert {o["metadata"]["name"] for o in only_plugin.objects} == {
-        f"{FULL}-plugin", f"{FULL}-plugin-metrics"}
+        f"{FULL}-plugin", f"{FULL}-plugin-default", f"{FULL}-plugin-metrics"}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -14,14 +14,24 @@ from typing import Any
 
 import pytest
 
-from k80s.core.inventory import UNHEALTHY, NodeInventory, needs_republish, simulated_dies
+from k80s.core.inventory import (
+    UNHEALTHY,
+    NodeInventory,
+    needs_republish,
+    simulated_dies,
+)
 from k80s.core.sharing import ASSIGNMENT, Assignment, DieShare
 from k80s.localcluster.devices import PluginDeviceManager
 from k80s.plugin.metrics import PluginMetrics
 from k80s.plugin.publisher import node_patch
 from k80s.plugin.server import PluginServer
 from k80s.plugin.settings import load
-from k80s.plugin.shared import capacity_patch, node_reservations, shared_capacity, with_reservations
+from k80s.plugin.shared import (
+    capacity_patch,
+    node_reservations,
+    shared_capacity,
+    with_reservations,
+)
 from k80s.plugin.simulated import SimulatedBackend
 from tests.plugin.harness import short_root, wait_until
 
