@@ -49,16 +49,16 @@ def test_empty_assignment_says_the_pod_was_not_bound_by_the_binder() -> None:
 
 def test_invalid_assignment_names_the_field() -> None:
     result = guard.check({guard.ASSIGNMENT_ENV: '{"version":1,"node":"n1","podUID":"u","dies":[]}'}, {})
-    assert result.problems == ("K80S_ASSIGNMENT is not a valid assignment: "
-                               "k80s.io/assignment.dies: is required and must be a non-empty list",)
+    assert result.problems == (("K80S_ASSIGNMENT is not a valid assignment: "
+                                "k80s.io/assignment.dies: is required and must be a non-empty list"),)
     assert "not valid JSON" in guard.check({guard.ASSIGNMENT_ENV: "{"}, {}).problems[0]
 
 
 def test_visible_devices_in_another_order_fail() -> None:  # F6: CUDA enumerates in this order
     swapped = f"{A},{B}"
     result = guard.check(env(cuda=swapped), {A: 11434, B: 11434})
-    assert result.problems == (f"CUDA_VISIBLE_DEVICES is '{swapped}' but the assignment's dies in slot order are "
-                               f"'{B},{A}': the runtime would not use the planned dies in the planned order",)
+    assert result.problems == ((f"CUDA_VISIBLE_DEVICES is '{swapped}' but the assignment's dies in slot order are "
+                                f"'{B},{A}': the runtime would not use the planned dies in the planned order"),)
     result = guard.check(env(nvidia=""), {A: 11434, B: 11434})
     assert len(result.problems) == 1 and result.problems[0].startswith("NVIDIA_VISIBLE_DEVICES is ''")
 
@@ -91,7 +91,7 @@ def run_guard(lib_dir: Path, control: Path, environ: dict[str, str]) -> subproce
     """`k80s guard` in a fresh interpreter whose pynvml loads the stand-in."""
     full = standin_env(lib_dir, control) | environ
     return subprocess.run([sys.executable, "-c", "from k80s.cli import main; main()", "guard"], env=full,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
 
 
 def test_guard_reads_free_memory_through_nvml(standin: Path, tmp_path: Path) -> None:

@@ -66,6 +66,9 @@ def test_default_objects(defaults: Rendered) -> None:
         ("RoleBinding", f"{FULL}-operator-leader-election"), ("Deployment", f"{FULL}-operator"),
         ("Service", f"{FULL}-plugin-metrics"), ("Service", f"{FULL}-extender-metrics"),
         ("Service", f"{FULL}-operator-metrics"), ("PriorityClass", "k80s-shared"),
+        ("ValidatingAdmissionPolicy", f"{FULL}-assignment"), ("ValidatingAdmissionPolicyBinding", f"{FULL}-assignment"),
+        ("ValidatingAdmissionPolicy", f"{FULL}-visible-devices"),
+        ("ValidatingAdmissionPolicyBinding", f"{FULL}-visible-devices"),
     }
     got = {(o["kind"], o["metadata"]["name"]) for o in defaults.objects}
     assert got == expected
@@ -73,7 +76,8 @@ def test_default_objects(defaults: Rendered) -> None:
 
 
 def test_every_object_is_labelled_and_namespaced(defaults: Rendered) -> None:
-    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "PriorityClass"}
+    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "PriorityClass", "ValidatingAdmissionPolicy",
+                      "ValidatingAdmissionPolicyBinding"}
     for o in defaults.objects:
         labels = o["metadata"]["labels"]
         assert labels["app.kubernetes.io/instance"] == "k80s", o["metadata"]["name"]
@@ -350,7 +354,7 @@ def test_single_scheduler_replica_has_no_disruption_budget() -> None:
 
 
 def test_components_can_be_disabled() -> None:
-    only_plugin = render(sets=["scheduler.enabled=false", "operator.enabled=false"])
+    only_plugin = render(sets=["scheduler.enabled=false", "operator.enabled=false", "admissionPolicy.enabled=false"])
     assert {o["metadata"]["name"] for o in only_plugin.objects} == {
         f"{FULL}-plugin", f"{FULL}-plugin-default", f"{FULL}-plugin-metrics"}
 

@@ -12,7 +12,13 @@ from typing import Any
 import kubernetes.client
 import pytest
 
-from k80s.core.sharing import ASSIGNMENT, CUDA_VISIBLE_DEVICES, DIE_MAJOR_RESOURCE, NVIDIA_VISIBLE_DEVICES, VRAM_RESOURCE
+from k80s.core.sharing import (
+    ASSIGNMENT,
+    CUDA_VISIBLE_DEVICES,
+    DIE_MAJOR_RESOURCE,
+    NVIDIA_VISIBLE_DEVICES,
+    VRAM_RESOURCE,
+)
 from k80s.localcluster import wait
 from k80s.localcluster.devicemanager import DIE_RESOURCE
 from tests.localcluster.test_kubelet import FakeDeviceManager

@@ -52,7 +52,7 @@ def test_plugin_envs_come_first_and_the_pod_env_wins() -> None:  # F4
     env = container_env(pod, "server", plugin)
     assert env["CUDA_VISIBLE_DEVICES"] == "GPU-b" and env["NVIDIA_VISIBLE_DEVICES"] == ""
     assert env["K80S_PLUGIN"] == "1"
-    assert list(env)[0] == "K80S_PLUGIN"  # plugin envs first; overridden names move to the pod's place
+    assert next(iter(env)) == "K80S_PLUGIN"  # plugin envs first; overridden names move to the pod's place
 
 
 def test_duplicates_in_the_pod_env_last_wins_and_values_expand_earlier_vars() -> None:  # F4
