@@ -422,7 +422,7 @@ class SimulatedKubelet:
         record.env_errors.pop(name, None)
         try:
             record.envs[name] = podenv.container_env(record.pod, name, record.plugin_envs.get(name), self._lookup_for(record))
-        except podenv.EnvError as exc:
+        except Exception as exc:  # noqa: BLE001 - a pod whose env cannot be built still must not stop the node
             record.envs.pop(name, None)
             record.env_errors[name] = str(exc)
             log.info("container env not resolved", extra={"node": self.node_name, "pod": f"{record.namespace}/{record.name}",

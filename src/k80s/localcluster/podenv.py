@@ -84,7 +84,10 @@ def container_env(
         elif "resourceFieldRef" in source:
             ref = source["resourceFieldRef"]
             target = find_container(pod, ref["containerName"]) if ref.get("containerName") else container
-            put(name, resource_value(target, ref))
+            try:
+                put(name, resource_value(target, ref))
+            except (RunnerError, ValueError) as exc:
+                raise EnvError(f"env {name}: {exc}") from None
         else:
             kind = "configMap" if "configMapKeyRef" in source else "secret" if "secretKeyRef" in source else ""
             if not kind:
