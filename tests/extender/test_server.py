@@ -194,7 +194,8 @@ def test_unexpected_errors_become_an_error_answer_not_a_crash(example_server: Se
 
 def test_only_post_verbs_exist(client: Client) -> None:
     assert client.request("GET", FILTER)[0] == 405
-    assert client.request("POST", "/k80s/bind", b"{}")[0] == 404
+    assert client.request("POST", "/k80s/preempt", b"{}")[0] == 404
+    assert client.request("GET", "/k80s/bind")[0] == 405
 
 
 # ------------------------------------------------------------------------------------------------

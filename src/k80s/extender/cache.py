@@ -9,7 +9,16 @@ change of its text.
 
 Pods are listed with the field selector `spec.nodeName!=,status.phase!=Succeeded,
 status.phase!=Failed`: bound, non-terminal pods. A pod leaving that set (finished, deleted) comes
-as a DELETED event. Only pods that request `k80s.io/die` are kept.
+as a DELETED event. Only pods that request `k80s.io/die` or carry a `k80s.io/assignment` are kept.
+
+Shared dies (reference/sharing.md §7.5): per node a `DieLedger`, die UUID → pod → MiB, from the
+`k80s.io/assignment` of the bound, non-terminal pods (a deleting pod counts until it is terminal
+or gone; a broken annotation counts as nothing and is logged and counted), plus the bind verb's
+in-flight *assumptions*: added before the Binding is POSTed, dropped when the informer shows the
+pod with its assignment, when the bind fails, or after `ASSUME_TTL_S` (a pod bound and deleted
+between two watch events is never seen bound). `ledger(node)` is their union. Each node's pool
+mode is its `k80s.io/mode` label, or, without one, `shared` iff its allocatable has
+`k80s.io/vram-mib`.
 
 `ClusterCache` is also the seam for tests and benchmarks: they feed it Node and Pod objects
 directly (`upsert_node`, `upsert_pod`, `mark_synced`).
@@ -20,14 +29,25 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from k80s.core.errors import InvalidInput
 from k80s.core.fit import DieVector, NodeView, node_view
-from k80s.core.inventory import NodeInventory
+from k80s.core.inventory import DieInfo, NodeInventory
 from k80s.core.placement import BoundPod
+from k80s.core.sharing import (
+    ASSIGNMENT,
+    EXCLUSIVE,
+    MODE_LABEL,
+    SHARED,
+    VRAM_RESOURCE,
+    Assignment,
+    DieLedger,
+    ledger_from,
+)
 from k80s.extender.wire import DIES_ANNOTATION, node_annotation, node_name, pod_info
 from k80s.kubewatch import WatchGone, WatchSlot, follow_watch
 
@@ -38,6 +58,9 @@ LIST_PAGE: Final = 500
 RETRY_BACKOFF_S: Final = (0.2, 0.5, 1.0, 2.0, 5.0)
 NODES: Final = "nodes"
 PODS: Final = "pods"
+ASSUME_TTL_S: Final = 60.0
+"""An assumption the informer never confirmed is dropped after this long (the pod was bound and
+gone between two watch events, or the watch is far behind)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,12 +70,22 @@ class NodeProblem:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class SharedNode:
+    """What a shared pod is decided on: the node's dies (CUDA order), pool mode and die ledger."""
+
+    dies: tuple[DieInfo, ...]
+    mode: str
+    ledger: DieLedger
+
+
 @dataclass(slots=True)
 class _Node:
     name: str
     annotation: str | None
     inventory: NodeInventory | None
     problem: str
+    mode: str = EXCLUSIVE
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +94,18 @@ class _Pod:
     uid: str
     node: str
     dies: int
+    assignment: Assignment | None = None
+    broken: str = ""  # why the k80s.io/assignment annotation could not be read
+
+
+def pool_mode(node: Mapping[str, Any]) -> str:
+    """The node's `k80s.io/mode` label; without one, `shared` iff it advertises `k80s.io/vram-mib`."""
+    labels = (node.get("metadata") or {}).get("labels") or {}
+    mode = labels.get(MODE_LABEL)
+    if isinstance(mode, str) and mode:
+        return mode
+    allocatable = (node.get("status") or {}).get("allocatable") or {}
+    return SHARED if VRAM_RESOURCE in allocatable else EXCLUSIVE
 
 
 def inventory_of(annotation: str | None) -> tuple[NodeInventory | None, str]:
@@ -85,6 +130,10 @@ class ClusterCache:
         self._views: dict[str, NodeView | NodeProblem] = {}
         self._synced: dict[str, bool] = {NODES: False, PODS: False}
         self._vectors: dict[DieVector, DieVector] = {}
+        self._ledgers: dict[str, DieLedger] = {}
+        self._assumed: dict[str, tuple[str, Assignment, float]] = {}  # pod key → (node, assignment, since)
+        self.broken_assignments: dict[str, str] = {}  # pod key → why its k80s.io/assignment is unreadable
+        self.assume_ttl_s = ASSUME_TTL_S
         self.on_change: Callable[[], None] | None = None
 
     # -- reads ---------------------------------------------------------------------------------
@@ -132,6 +181,73 @@ class ClusterCache:
     def sizes(self) -> dict[str, int]:
         return {NODES: len(self._nodes), PODS: len(self._pods)}
 
+    # -- reads: shared dies --------------------------------------------------------------------
+
+    def ledger(self, node: str) -> DieLedger:
+        """The node's die ledger: bound pods' assignments plus live bind assumptions."""
+        with self._lock:
+            ledger = self._ledgers.get(node) or DieLedger()
+            if not self._assumed:
+                return ledger
+            now = time.monotonic()
+            for key, (where, assignment, since) in list(self._assumed.items()):
+                if now - since > self.assume_ttl_s:
+                    log.warning("bind assumption expired unconfirmed", extra={"pod": key, "node": where})
+                    del self._assumed[key]
+                elif where == node:
+                    ledger = ledger.with_assignment(key, assignment)
+            return ledger
+
+    def shared_node(self, name: str) -> SharedNode | NodeProblem | None:
+        """The node as a shared pod sees it; None when the node is not in the cache."""
+        with self._lock:
+            node = self._nodes.get(name)
+            if node is None:
+                return None
+            view = self._views.get(name)
+            if node.inventory is None or not isinstance(view, NodeView):
+                return NodeProblem(node.problem)
+            return SharedNode(view.dies, node.mode, self.ledger(name))
+
+    def shared_node_for_object(self, node: Mapping[str, Any]) -> SharedNode | NodeProblem:
+        """`shared_node` from a full Node object (nodeCacheCapable: false) and the cached ledger."""
+        inventory, problem = inventory_of(node_annotation(node))
+        if inventory is None:
+            return NodeProblem(problem)
+        return SharedNode(node_view(inventory).dies, pool_mode(node), self.ledger(node_name(node)))
+
+    def assume(self, node: str, key: str, assignment: Assignment) -> None:
+        """Count `assignment` for pod `key` on `node` until the informer shows it (or `forget`)."""
+        with self._lock:
+            self._assumed[key] = (node, assignment, time.monotonic())
+        self._changed()
+
+    def forget(self, key: str) -> None:
+        """Drop an assumption (the bind failed)."""
+        with self._lock:
+            self._assumed.pop(key, None)
+        self._changed()
+
+    def assumed(self) -> dict[str, str]:
+        """Pod key → node of the live assumptions."""
+        with self._lock:
+            return {key: node for key, (node, _a, _t) in self._assumed.items()}
+
+    def bound_node(self, key: str) -> str | None:
+        """The node the informer shows pod `key` bound to (pods with dies or an assignment)."""
+        pod = self._pods.get(key)
+        return pod.node if pod is not None else None
+
+    def ledgers(self) -> dict[str, tuple[tuple[DieInfo, ...], DieLedger]]:
+        """Every shared-pool node with its dies and full ledger (metrics, at scrape time)."""
+        with self._lock:
+            out = {}
+            for name, node in self._nodes.items():
+                view = self._views.get(name)
+                if isinstance(view, NodeView) and (node.mode == SHARED or name in self._ledgers):
+                    out[name] = (view.dies, self.ledger(name))
+            return out
+
     # -- writes: nodes -------------------------------------------------------------------------
 
     def replace_nodes(self, nodes: Iterable[Mapping[str, Any]]) -> None:
@@ -159,11 +275,13 @@ class ClusterCache:
         if not name:
             return
         annotation = node_annotation(node)
+        mode = pool_mode(node)
         old = self._nodes.get(name)
         if old is not None and old.annotation == annotation:
-            return  # status/label changes do not touch the dies
+            old.mode = mode  # other status/label changes do not touch the dies
+            return
         inventory, problem = inventory_of(annotation)
-        self._nodes[name] = _Node(name, annotation, inventory, problem)
+        self._nodes[name] = _Node(name, annotation, inventory, problem, mode)
         self._recompute(name)
 
     def _drop_node(self, name: str) -> None:
@@ -184,6 +302,10 @@ class ClusterCache:
             self._pods_by_node = {}
             for p in fresh.values():
                 self._pods_by_node.setdefault(p.node, {})[p.key] = p
+                if p.assignment is not None:
+                    self._assumed.pop(p.key, None)
+            self.broken_assignments = {p.key: p.broken for p in fresh.values() if p.broken}
+            self._ledgers = {}
             for node in touched:
                 self._recompute(node)
         self._changed()
@@ -200,7 +322,12 @@ class ClusterCache:
             if record is not None:
                 self._pods[key] = record
                 self._pods_by_node.setdefault(record.node, {})[key] = record
+                if record.assignment is not None:
+                    self._assumed.pop(key, None)  # the informer shows it: the ledger counts it now
+                self._note_broken(record)
                 self._recompute(record.node)
+            else:
+                self.broken_assignments.pop(key, None)
         self._changed()
 
     def delete_pod(self, pod: Mapping[str, Any]) -> None:
@@ -209,7 +336,18 @@ class ClusterCache:
             old = self._pods.get(key)
             if old is not None:
                 self._remove_pod(old)
+            self._assumed.pop(key, None)
+            self.broken_assignments.pop(key, None)
         self._changed()
+
+    def _note_broken(self, pod: _Pod) -> None:
+        if pod.broken and self.broken_assignments.get(pod.key) != pod.broken:
+            log.warning("pod annotation unreadable; its dies are not counted in the ledger",
+                        extra={"pod": pod.key, "node": pod.node, "error": pod.broken})
+        if pod.broken:
+            self.broken_assignments[pod.key] = pod.broken
+        else:
+            self.broken_assignments.pop(pod.key, None)
 
     def _remove_pod(self, pod: _Pod) -> None:
         self._pods.pop(pod.key, None)
@@ -227,6 +365,12 @@ class ClusterCache:
         self._changed()
 
     def _recompute(self, name: str) -> None:
+        on_node = (self._pods_by_node.get(name) or {}).values()
+        shares = [(p.key, p.assignment) for p in on_node if p.assignment is not None]
+        if shares:
+            self._ledgers[name] = ledger_from(shares)
+        else:
+            self._ledgers.pop(name, None)
         node = self._nodes.get(name)
         if node is None:
             return
@@ -268,9 +412,18 @@ def _pod_record(pod: Mapping[str, Any]) -> _Pod | None:
         info = pod_info(pod)
     except InvalidInput:
         return None  # the API server validates quantities; nothing we could count
-    if not info.node_name or info.terminal or info.dies <= 0:
+    if not info.node_name or info.terminal:
         return None
-    return _Pod(info.key, info.uid, info.node_name, info.dies)
+    text = info.annotations.get(ASSIGNMENT)
+    assignment, broken = None, ""
+    if text is not None:
+        try:
+            assignment = Assignment.from_json(text)
+        except InvalidInput as exc:
+            broken = str(exc)
+    if info.dies <= 0 and text is None:
+        return None
+    return _Pod(info.key, info.uid, info.node_name, info.dies, assignment, broken)
 
 
 # ==================================================================================================

@@ -5,6 +5,8 @@
   answering other calls (and probes) meanwhile; small ones (≤ 32 KiB) inline. The only non-200 answer is 400, for a body
   that is not ExtenderArgs JSON or is larger than 8 MiB. An unexpected exception becomes a 200
   with `Error` set (the scheduler retries the pod), never a crash or a 500.
+- `POST <prefix>/bind`: ExtenderBindingArgs → ExtenderBindingResult (`extender.binder`), always on
+  the thread pool (it calls the API server). 400 for a body that is not ExtenderBindingArgs.
 - `GET /healthz` (the process answers), `GET /readyz` (informer caches synced), `GET /metrics`.
 
 One log line per call: the verb, the pod, the candidate count, results by kind, the most common
@@ -23,6 +25,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from k80s.extender import wire
+from k80s.extender.binder import ERROR, Binder, BindOutcome
 from k80s.extender.cache import ClusterCache
 from k80s.extender.metrics import ExtenderMetrics
 from k80s.extender.service import Extender, Outcome
@@ -32,6 +35,8 @@ log = logging.getLogger("k80s.extender")
 
 FILTER: Final = "filter"
 PRIORITIZE: Final = "prioritize"
+BIND: Final = "bind"
+NO_BINDER: Final = "this extender has no API client and cannot bind"
 JSON: Final = "application/json"
 INLINE_BODY_BYTES: Final = 32 * 1024
 """Requests up to this size (a pod and up to ~1,000 node names) are decided on the event loop:
@@ -56,10 +61,12 @@ async def read_body(request: web.Request, limit: int = MAX_BODY_BYTES) -> bytes:
 class Verbs:
     """The filter and prioritize handlers over one `Extender`."""
 
-    def __init__(self, extender: Extender, metrics: ExtenderMetrics, executor: Executor) -> None:
+    def __init__(self, extender: Extender, metrics: ExtenderMetrics, executor: Executor,
+                 binder: Binder | None = None) -> None:
         self.extender = extender
         self.metrics = metrics
         self.executor = executor
+        self.binder = binder
 
     # -- CPU side (runs on the pool) -------------------------------------------------------------
 
@@ -94,7 +101,40 @@ class Verbs:
         scores = outcome.scores
         return 200, wire.encode_host_priorities([(n, scores.get(n, 0)) for n in args.names]), outcome
 
+    def answer_bind(self, body: bytes) -> tuple[int, bytes, BindOutcome | None]:
+        try:
+            args = wire.decode_binding_args(body)
+        except BadRequest as exc:
+            return 400, wire.encode({"Error": str(exc)}), None
+        if self.binder is None:
+            outcome = BindOutcome(ERROR, NO_BINDER)
+        else:
+            try:
+                outcome = self.binder.bind(args)
+            except Exception as exc:  # noqa: BLE001 - a bug must not take the scheduler down with it
+                log.exception("bind failed unexpectedly")
+                outcome = BindOutcome(ERROR, f"extender internal error: {type(exc).__name__}: {exc}")
+        log.info("bind", extra={"pod": args.key, "node": args.node, **outcome.log_fields()})
+        return 200, wire.encode(wire.binding_result(outcome.error)), outcome
+
     # -- aiohttp side -----------------------------------------------------------------------------
+
+    async def bind(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        try:
+            body = await read_body(request)
+            status, payload, outcome = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.answer_bind, body)
+        except BadRequest as exc:
+            status, payload, outcome = 400, wire.encode({"Error": str(exc)}), None
+        elapsed = time.perf_counter() - started
+        self.metrics.latency.labels(verb=BIND).observe(elapsed)
+        self.metrics.requests.labels(verb=BIND, code=str(status)).inc()
+        if outcome is None:
+            log.warning("bad request", extra={"verb": BIND, "status": status, "error": payload.decode()[:300]})
+        else:
+            self.metrics.binds.labels(result=outcome.result).inc()
+        return web.Response(status=status, body=payload, content_type=JSON)
 
     async def filter(self, request: web.Request) -> web.Response:
         return await self._serve(request, FILTER, self.answer_filter)
@@ -130,6 +170,7 @@ def api_app(verbs: Verbs, url_prefix: str) -> web.Application:
     app = web.Application()
     app.router.add_post(f"{url_prefix}/{FILTER}", verbs.filter)
     app.router.add_post(f"{url_prefix}/{PRIORITIZE}", verbs.prioritize)
+    app.router.add_post(f"{url_prefix}/{BIND}", verbs.bind)
     return app
 
 

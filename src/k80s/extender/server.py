@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
+import socket
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from k80s.extender.binder import Binder, make_binder
 from k80s.extender.cache import ClusterCache, Informer, start_informers
 from k80s.extender.metrics import ExtenderMetrics
 from k80s.extender.routes import Verbs, api_app, health_app
@@ -26,6 +29,9 @@ from k80s.extender.service import Extender
 from k80s.extender.settings import ExtenderSettings
 
 log = logging.getLogger("k80s.extender")
+
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+DEFAULT_LEASE_NAMESPACE = "kube-system"
 
 ApiClientFactory = Callable[[], Any]
 
@@ -43,9 +49,14 @@ class ExtenderServer:
                                  request_entries=settings.request_entries)
         memo = self.extender.memo
         self.metrics = ExtenderMetrics(self.cache.sizes, self.cache.sync_state, lambda: len(memo),
-                                       lambda: (memo.lookups, memo.misses))
+                                       lambda: (memo.lookups, memo.misses), cache=self.cache)
         self.executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="k80s-extender-decide")
-        self.verbs = Verbs(self.extender, self.metrics, self.executor)
+        self.binder: Binder | None = None
+        if api_client_factory is not None:
+            self.binder = make_binder(self.cache, api_client_factory, settings.leader_lease,
+                                      lease_namespace(settings.leader_lease_namespace),
+                                      settings.leader_identity or socket.gethostname())
+        self.verbs = Verbs(self.extender, self.metrics, self.executor, self.binder)
         self._api_client_factory = api_client_factory
         self._informers: list[Informer] = []
         self._runners: list[web.AppRunner] = []
@@ -107,6 +118,16 @@ class ExtenderServer:
                 await runner.cleanup()
         self._runners.clear()
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def lease_namespace(configured: str) -> str:
+    """The Lease's namespace: as configured, else the pod's own (in cluster), else kube-system."""
+    if configured:
+        return configured
+    if os.path.isfile(SERVICE_ACCOUNT_NAMESPACE):
+        with open(SERVICE_ACCOUNT_NAMESPACE, encoding="utf-8") as f:
+            return f.read().strip() or DEFAULT_LEASE_NAMESPACE
+    return DEFAULT_LEASE_NAMESPACE
 
 
 class ServerThread:

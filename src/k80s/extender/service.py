@@ -10,6 +10,11 @@ answers onto the protocol (design.md, Extender bad input):
 - a node not in the cache → `FailedNodes`: "node not in extender cache";
 - a node without a usable `k80s.io/dies` inventory → `FailedNodes` with the parse problem.
 
+Shared pods (`k80s.io/shares`, reference/sharing.md §7) take their own path (`extender.shared`):
+a node fits iff `assign_slots` finds dies for the slots against the node's die ledger (bound
+pods' assignments plus in-flight binds); refusals name the MiB per die; prioritize ranks by
+`SlotAssignment.key`. Exclusive pods keep the path above unchanged.
+
 It also owns the two bounded caches: decoded pod requests (by annotation text) and core decisions
 (by request key and free-die vector).
 """
@@ -18,7 +23,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Hashable, Iterator, MutableMapping
+from collections.abc import Hashable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -28,18 +33,21 @@ from k80s.core.fit import (
     FitRequest,
     VectorGroup,
     decide_groups,
-    group_reasons,
     group_names,
+    group_reasons,
     order_groups,
     request_for_pod,
     scores_from_order,
 )
-from k80s.extender.cache import ClusterCache, NodeProblem
+from k80s.core.sharefit import SharedFit, need_text, shared_order
+from k80s.core.sharing import SHARES, SharePlan
+from k80s.extender import shared
+from k80s.extender.cache import ClusterCache, NodeProblem, SharedNode
 from k80s.extender.wire import ExtenderArgs, PodInfo, node_name, pod_info
 
 NOT_SYNCED: Final = "extender caches not synced"
 UNKNOWN_NODE: Final = "node not in extender cache"
-ANNOTATIONS: Final = (MODEL, OPTIONS, ESTIMATE)
+ANNOTATIONS: Final = (MODEL, OPTIONS, ESTIMATE, SHARES)
 
 
 class LruMemo(MutableMapping[Hashable, Any]):
@@ -203,6 +211,8 @@ class Extender:
             out.error = NOT_SYNCED
             out.results["not-synced"] = len(names)
             return out
+        if SHARES in _annotations(args.pod):
+            return self._filter_shared(args, out)
         request = self._request_or_refuse(args, out)
         if request is None:
             return out
@@ -225,12 +235,64 @@ class Extender:
             out.error = NOT_SYNCED
             out.results["not-synced"] = len(names)
             return out
+        if SHARES in _annotations(args.pod):
+            fits = self._shared_fits(args, out)
+            out.passed = shared_order(fits) if fits is not None else []
+            out.scores = scores_from_order(names, out.passed)
+            return out
         request = self._request_or_refuse(args, out)
         if request is None:
             return out
         out.passed = order_groups(self._groups(args, request, out))
         out.scores = scores_from_order(names, out.passed)
         return out
+
+    # -- shared pods ---------------------------------------------------------------------------
+
+    def share_request(self, pod: Mapping[str, Any]) -> tuple[PodInfo, SharePlan]:
+        """The pod's SharePlan, checked against its requests (microseconds: no memo). Raises InvalidInput."""
+        info = pod_info(pod)
+        return info, shared.share_request(info, pod)
+
+    def _filter_shared(self, args: ExtenderArgs, out: Outcome) -> Outcome:
+        fits = self._shared_fits(args, out)
+        for name, fit in (fits or {}).items():
+            if fit.fits:
+                out.passed.append(name)
+            elif fit.unresolvable:
+                out.unresolvable[name] = fit.reason
+            else:
+                out.failed[name] = fit.reason
+        return out
+
+    def _shared_fits(self, args: ExtenderArgs, out: Outcome) -> dict[str, SharedFit] | None:
+        """Each known node's verdict for a shared pod (unknown/unusable nodes go to `out.failed`);
+        None when the pod is invalid (every node then in `out.unresolvable`)."""
+        try:
+            info, plan = self.share_request(args.pod)
+        except InvalidInput as exc:
+            out.unresolvable = dict.fromkeys(args.names, invalid_pod_reason(exc))
+            out.results["invalid-pod"] = len(out.unresolvable)
+            return None
+        out.pod, out.dies, out.model = info.key, len(plan.slots), need_text(plan)
+        by_object = {node_name(n): n for n in args.nodes} if args.nodes is not None else None
+        fits: dict[str, SharedFit] = {}
+        for name in args.names:
+            node: SharedNode | NodeProblem | None
+            if by_object is not None:
+                node = self.cache.shared_node_for_object(by_object[name])
+            else:
+                node = self.cache.shared_node(name)
+            if node is None:
+                out.failed[name] = UNKNOWN_NODE
+                out.results["unknown-node"] += 1
+            elif isinstance(node, NodeProblem):
+                out.failed[name] = node.reason
+                out.results["node-problem"] += 1
+            else:
+                fit = fits[name] = shared.fit_node(node, plan)
+                out.results[fit.refusal.value] += 1
+        return fits
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -270,3 +332,8 @@ class Extender:
             assert group.decision is not None
             out.results[group.decision.refusal.value] += group.size
         return groups
+
+
+def _annotations(pod: Mapping[str, Any]) -> Mapping[str, Any]:
+    annotations = (pod.get("metadata") or {}).get("annotations")
+    return annotations if isinstance(annotations, Mapping) else {}

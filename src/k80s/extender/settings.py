@@ -52,6 +52,17 @@ class ExtenderSettings:
     watch_timeout_s: int = _doc(
         "Server-side timeout of each watch, in seconds; the watch is then reopened from the last "
         "resourceVersion (a relist only after 410 Gone or errors).", default=300)
+    leader_lease: str = _doc(
+        "The kube-scheduler's leader-election Lease that the bind verb follows: the extender binds "
+        "only while its own scheduler (holder '<hostname>_…') holds it; with no such Lease the "
+        "scheduler does not elect and every bind proceeds. Empty: no leadership check (one "
+        "replica, development).", default="k80s-scheduler")
+    leader_lease_namespace: str = _doc(
+        "Namespace of that Lease. Empty: the pod's own namespace (service-account credentials), "
+        "else kube-system (kube-scheduler's default).", default="")
+    leader_identity: str = _doc(
+        "This extender's identity, compared with the Lease holder's '<identity>_<uuid>'. Empty: "
+        "the hostname (the pod name), which kube-scheduler uses too.", default="")
     log_format: str = _doc("Log format: 'text' or 'json'.", default="text")
     log_level: str = _doc(
         "Log level: DEBUG, INFO, WARNING or ERROR. Decisions are logged at INFO, one line per "

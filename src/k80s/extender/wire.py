@@ -16,9 +16,11 @@ This module owns the shapes and the 8 MiB limit; it decides nothing about dies.
 from __future__ import annotations
 
 import json
-from json.encoder import encode_basestring
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
+from json.encoder import encode_basestring
 from typing import Any, Final
 
 from k80s.core.errors import InvalidInput, InvalidSpec
@@ -134,40 +136,59 @@ def node_annotation(node: Mapping[str, Any], key: str = DIES_ANNOTATION) -> str 
     return value if isinstance(value, str) else None
 
 
-def parse_die_quantity(value: Any, where: str) -> int:
-    """A whole-number extended-resource quantity ('2', 2, '2000m')."""
+_SUFFIXES: Final = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+                    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_QUANTITY: Final = re.compile(r"^([+-]?)(\d+(?:\.\d*)?|\.\d+)(m|k|[MGTPE]i?|Ki|[eE][+-]?\d+)?$")
+
+
+def parse_die_quantity(value: Any, where: str, unit: str = "dies") -> int:
+    """A whole-number extended-resource quantity in any form the API server writes ('2', 2,
+    '2000m', '1k' — the server canonicalises 1000 to '1k' —, '1Ki', '1e3')."""
     if isinstance(value, int) and not isinstance(value, bool):
-        count = value
-    elif isinstance(value, str) and value.strip().isdigit():
-        count = int(value.strip())
-    elif isinstance(value, str) and value.strip().endswith("m") and value.strip()[:-1].isdigit():
-        milli = int(value.strip()[:-1])
-        if milli % 1000:
-            raise InvalidSpec(where, f"{value!r} is not a whole number of dies")
-        count = milli // 1000
+        count = Fraction(value)
     else:
-        raise InvalidSpec(where, f"{value!r} is not a whole number of dies")
+        match = _QUANTITY.match(value.strip()) if isinstance(value, str) else None
+        if match is None:
+            raise InvalidSpec(where, f"{value!r} is not a whole number of {unit}")
+        sign, number, suffix = match.group(1), match.group(2), match.group(3) or ""
+        count = Fraction(number)
+        if suffix == "m":
+            count /= 1000
+        elif suffix not in _SUFFIXES:  # a decimal exponent, e.g. 1e3
+            count *= Fraction(10) ** int(suffix[1:])
+        else:
+            count *= _SUFFIXES[suffix]
+        if sign == "-":
+            count = -count
+    if count.denominator != 1:
+        raise InvalidSpec(where, f"{value!r} is not a whole number of {unit}")
     if count < 0:
         raise InvalidSpec(where, f"{value!r} must not be negative")
-    return count
+    return int(count)
 
 
-def _container_dies(container: Mapping[str, Any], kind: str, index: int) -> int:
+def _container_quantity(container: Mapping[str, Any], kind: str, index: int, resource: str, unit: str) -> int:
     resources = container.get("resources") or {}
     where = f"{kind}[{index}].resources"
     for part in ("limits", "requests"):  # requests default to limits for extended resources
         values = resources.get(part) or {}
-        if DIE_RESOURCE in values:
-            return parse_die_quantity(values[DIE_RESOURCE], f"{where}.{part}.{DIE_RESOURCE}")
+        if resource in values:
+            return parse_die_quantity(values[resource], f"{where}.{part}.{resource}", unit)
     return 0
 
 
-def pod_die_request(pod: Mapping[str, Any]) -> int:
-    """The pod's effective `k80s.io/die` request (kubelet's rule, `core.fit.effective_die_request`)."""
+def pod_resource_request(pod: Mapping[str, Any], resource: str = DIE_RESOURCE, unit: str = "dies") -> int:
+    """The pod's effective request of an extended resource (kubelet's rule, `core.fit.effective_die_request`)."""
     spec = pod.get("spec") or {}
-    app = [_container_dies(c, "containers", i) for i, c in enumerate(spec.get("containers") or [])]
-    init = [_container_dies(c, "initContainers", i) for i, c in enumerate(spec.get("initContainers") or [])]
+    app = [_container_quantity(c, "containers", i, resource, unit) for i, c in enumerate(spec.get("containers") or [])]
+    init = [_container_quantity(c, "initContainers", i, resource, unit)
+            for i, c in enumerate(spec.get("initContainers") or [])]
     return effective_die_request(app, init)
+
+
+def pod_die_request(pod: Mapping[str, Any]) -> int:
+    """The pod's effective `k80s.io/die` request."""
+    return pod_resource_request(pod)
 
 
 def pod_info(pod: Mapping[str, Any]) -> PodInfo:
@@ -183,6 +204,45 @@ def pod_info(pod: Mapping[str, Any]) -> PodInfo:
         dies=pod_die_request(pod),
         annotations={k: v for k, v in annotations.items() if isinstance(k, str) and isinstance(v, str)},
     )
+
+
+@dataclass(frozen=True, slots=True)
+class BindingArgs:
+    """ExtenderBindingArgs: the pod the scheduler wants bound and the node it chose."""
+
+    pod_name: str
+    pod_namespace: str
+    pod_uid: str
+    node: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.pod_namespace}/{self.pod_name}"
+
+
+def decode_binding_args(body: bytes) -> BindingArgs:
+    """ExtenderBindingArgs `{"PodName", "PodNamespace", "PodUID", "Node"}` from a bind body;
+    `BadRequest` naming the field otherwise (every field is required and a non-empty string)."""
+    if len(body) > MAX_BODY_BYTES:
+        raise BadRequest(f"request body is {len(body)} bytes; the limit is {MAX_BODY_BYTES} (8 MiB)")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"request body is not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise BadRequest(f"ExtenderBindingArgs must be a JSON object, got {type(data).__name__}")
+    values = []
+    for name in ("PodName", "PodNamespace", "PodUID", "Node"):
+        value = go_field(data, name)
+        if not isinstance(value, str) or not value:
+            raise BadRequest(f"ExtenderBindingArgs.{name} is required and must be a non-empty string, got {value!r}")
+        values.append(value)
+    return BindingArgs(*values)
+
+
+def binding_result(error: str = "") -> dict[str, Any]:
+    """ExtenderBindingResult: an empty `Error` means bound."""
+    return {"Error": error}
 
 
 # ------------------------------------------------------------------------------------------------
