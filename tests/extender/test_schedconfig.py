@@ -34,11 +34,13 @@ def test_canonical_file_is_the_design() -> None:
         "urlPrefix": "http://127.0.0.1:8888/k80s",
         "filterVerb": "filter",
         "prioritizeVerb": "prioritize",
+        "bindVerb": "bind",
         "weight": 1,
         "nodeCacheCapable": True,
         "httpTimeout": "2s",
         "ignorable": False,
-        "managedResources": [{"name": "k80s.io/die", "ignoredByScheduler": False}],
+        "managedResources": [{"name": name, "ignoredByScheduler": False}
+                             for name in ("k80s.io/die", "k80s.io/vram-mib", "k80s.io/die-major")],
     }
     assert "{{" not in CANONICAL.read_text()  # no template syntax
 
@@ -92,7 +94,10 @@ def test_kube_scheduler_accepts_the_rendered_file(tmp_path: Path) -> None:
     assert profile["plugins"]["score"]["disabled"][0]["name"] == "*"
     [extender] = effective["extenders"]
     assert extender["urlPrefix"] == "http://127.0.0.1:43210/k80s" and extender["nodeCacheCapable"] is True
-    assert extender["managedResources"] == [{"name": "k80s.io/die"}]  # ignoredByScheduler false: omitted
+    # ignoredByScheduler false: omitted
+    assert extender["managedResources"] == [{"name": "k80s.io/die"}, {"name": "k80s.io/vram-mib"},
+                                            {"name": "k80s.io/die-major"}]
+    assert extender["bindVerb"] == "bind"
     bad = schedconfig.render(CANONICAL, kubeconfig, 43210)
     bad["extenders"][0]["weight"] = 0
     rejected = subprocess.run([str(scheduler), f"--config={schedconfig.write(bad, tmp_path / 'bad.yaml')}",
