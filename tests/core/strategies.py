@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 
 from k80s.core.estimate import DieCapacity
 from k80s.core.inventory import UNHEALTHY, DieInfo, simulated_dies
+from k80s.core.packing import SimNode
 from k80s.core.placement import BoundPod
+from k80s.core.sharing import EXCLUSIVE, PRIMARY, SECONDARY, SHARED, SharePlan, Slot
 from k80s.core.gguf import ALIGNMENT_KEY, ArrayInfo, GgufHeader, GgufTensor, ValueType
 from k80s.core.options import EstimateOptions
 from k80s.core.policies import POLICIES
@@ -262,3 +264,27 @@ bound_pod_lists = st.lists(st.builds(BoundPod, st.sampled_from(["ns/p", "ns/q", 
 
 SHARE_SLOT_LISTS = st.lists(st.integers(min_value=1, max_value=11434), min_size=1, max_size=3)
 """A pod's slot MiB in CUDA order: one to three dies, each at most one idle die's shareable MiB."""
+
+
+# ==================================================================================================
+# Packing with shared dies (k80s.core.packing.SharedPlacer) — owner: k80s plan and the packing bench
+# ==================================================================================================
+
+
+@st.composite
+def share_plans(draw: st.DrawFn) -> SharePlan:
+    """A pod's `k80s.io/shares`: slots from SHARE_SLOT_LISTS, `sameBoard` only for two slots."""
+    mibs = draw(SHARE_SLOT_LISTS)
+    slots = tuple(Slot(m, PRIMARY if i == len(mibs) - 1 else SECONDARY) for i, m in enumerate(mibs))
+    return SharePlan(slots, same_board=len(slots) == 2 and draw(st.booleans()))
+
+
+@st.composite
+def pool_nodes(draw: st.DrawFn) -> list[SimNode]:
+    """One to three nodes with `inventories` dies (some taken whole, unhealthy or over-used), most
+    of them in a shared pool."""
+    count = draw(st.integers(1, 3))
+    return [
+        SimNode(f"n{i}", draw(inventories(f"n{i}")), mode=draw(st.sampled_from([SHARED, SHARED, EXCLUSIVE])))
+        for i in range(count)
+    ]
