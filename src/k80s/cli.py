@@ -234,6 +234,10 @@ def _short(value: Any) -> str:
 @click.option("--node-shape", default=None, help="Report how many more nodes of this shape (e.g. 4xK80) place everything.")
 @click.option("--max-nodes", type=click.IntRange(0), default=64, show_default=True, help="Most extra nodes to try.")
 @click.option("--node-labels", default="", help="Labels new --node-shape nodes carry, e.g. pool=k80,zone=a (for nodeSelectors).")
+@click.option("--node-mode", type=click.Choice(["exclusive", "shared"]), default=None,
+              help="Pool mode of new --node-shape nodes [default: shared when every unplaced replica shares].")
+@click.option("--shared", "shared_all", is_flag=True,
+              help="What-if: every node in a shared pool, every llamacpp ModelDeployment with sharing: shared.")
 @click.option("--registry-url", default=None, help="Ollama registry base URL for models not in the catalogue.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan(
@@ -244,13 +248,16 @@ def plan(
     node_shape: str | None,
     max_nodes: int,
     node_labels: str,
+    node_mode: str | None,
+    shared_all: bool,
     registry_url: str | None,
     as_json: bool,
 ) -> None:
     """Where each replica of the ModelDeployments would go, what does not fit and why.
 
     Uses the operator's plan for each ModelDeployment and the scheduler extender's fit rule and
-    ranking, replica by replica. Nodes come from --cluster FILE or the live cluster.
+    ranking, replica by replica; on shared nodes (docs/sharing.md), the extender's slot rule for
+    ModelDeployments with spec.sharing: shared. Nodes come from --cluster FILE or the live cluster.
     """
     from k80s import planner
     from k80s.operator.resolve import Resolver
@@ -273,8 +280,10 @@ def plan(
             deployments += planner.deployments_from_api(custom)
     if not deployments:
         raise click.UsageError("no ModelDeployments to plan: give -f FILE or --from-cluster")
-    workloads = planner.build_workloads(deployments, running, settings, resolver)
-    report = planner.make_report(workloads, nodes, node_shape, max_nodes, _labels(node_labels))
+    if shared_all:
+        nodes = planner.all_shared(nodes)
+    workloads = planner.build_workloads(deployments, running, settings, resolver, shared_all=shared_all)
+    report = planner.make_report(workloads, nodes, node_shape, max_nodes, _labels(node_labels), node_mode)
     if as_json:
         click.echo(planner.report_json(report))
     else:
@@ -376,26 +385,44 @@ def _kube_clients(kubeconfig: str | None) -> tuple[Any, Any]:
 
 
 def render_plan(out: Console, report: Any) -> None:
+    from k80s import planner
+    from k80s.core.sharing import SHAREABLE_DIE_MIB, slot_text
     from k80s.operator.plan import smallest_fit
 
+    shared = any(p.shares is not None for p in report.result.placed)
     table = Table(title="placements", title_justify="left")
     for col in ("modeldeployment", "replica", "node", "shape", "dies", "split", "per-die GiB"):
         table.add_column(col)
+    if shared:
+        table.add_column("slot MiB")  # what each die of a shared replica holds for it, in slot order
     for w in report.workloads:
         for pod, node in w.running:
-            table.add_row(w.key, pod, node, report.shapes.get(node, ""), "(running)", "", "")
+            table.add_row(w.key, pod, node, report.shapes.get(node, ""), "(running)", "", "", *([""] if shared else []))
     for p in report.result.placed:
-        est = p.estimate
+        est = planner.placement_estimate(report, p)
         table.add_row(
             p.replica.workload, str(p.replica.index), p.node, report.shapes.get(p.node, ""),
             ",".join(str(d.index) for d in p.dies),
             ",".join(map(str, est.tensor_split)) if est else "",
             " ".join(f"{b / 2**30:.2f}" for b in est.per_die_bytes) if est else "",
+            *([slot_text(p.shares.slot_mib) if p.shares is not None else "whole dies"] if shared else []),
         )
     out.print(table)
+    dies = planner.shared_dies(report.result.nodes)
+    if dies:
+        by_node: dict[str, list[str]] = {}
+        for d in dies:
+            by_node.setdefault(d["node"], []).append(f"{d['index']}: {d['reservedMiB']}")
+        out.print(f"shared dies, MiB reserved of {SHAREABLE_DIE_MIB} per die:")
+        for node, held in by_node.items():
+            out.print(f"  {node}  {', '.join(held)}")
     for w in report.workloads:
         if w.error:
             out.print(f"[red]{w.key}: cannot plan: {w.error}[/]")
+        elif w.plan is not None and w.plan.estimate.fits and w.plan.shares is not None and not w.plan.fits:
+            out.print(f"[red]{w.key}: cannot share: its slots ({slot_text(w.plan.shares.slot_mib)}, plan + context "
+                      f"{w.plan.shares.context_mib} + margin {w.plan.shares.margin_mib} MiB each) exceed what one "
+                      f"die offers ({SHAREABLE_DIE_MIB} MiB); keep it exclusive or lower numCtx[/]")
         elif w.plan is not None and not w.plan.fits:
             e, n = w.plan.estimate, w.plan.max_dies
             wider = smallest_fit(w.plan, 64)
@@ -412,13 +439,14 @@ def render_plan(out: Console, report: Any) -> None:
             out.print(f"  {len(nodes)} node{'s' if len(nodes) != 1 else ''} ({', '.join(nodes[:3])}"
                       f"{', …' if len(nodes) > 3 else ''}): {why}")
     if report.node_shape is not None:
+        pool = " shared" if report.node_mode == "shared" else ""
         if report.extra_nodes is None:
-            out.print(f"[red]even {report.max_nodes} more {report.node_shape} nodes would not place every replica[/]")
+            out.print(f"[red]even {report.max_nodes} more {report.node_shape}{pool} nodes would not place every replica[/]")
         elif report.extra_nodes == 0:
             which = "every placeable replica" if not report.all_placed else "every replica"
             out.print(f"{which} fits the cluster as it is; no more {report.node_shape} nodes needed")
         else:
-            out.print(f"{report.extra_nodes} more {report.node_shape} node{'s' if report.extra_nodes != 1 else ''} "
+            out.print(f"{report.extra_nodes} more {report.node_shape}{pool} node{'s' if report.extra_nodes != 1 else ''} "
                       "would place every replica")
     elif report.all_placed:
         out.print("[green]every replica is placed[/]")
