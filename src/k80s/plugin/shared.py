@@ -120,6 +120,20 @@ def with_reservations(inventory: NodeInventory, ledger: DieLedger) -> NodeInvent
         for d in inventory.dies))
 
 
+def failure_text(exc: BaseException) -> str:
+    """An API failure for a log line: 'HTTP 403 Forbidden: <the server's message>' (RBAC says
+    which verb on which resource is missing), else the exception itself."""
+    status = getattr(exc, "status", None)
+    if status is None:
+        return repr(exc)[:300]
+    message = ""
+    try:
+        message = str(json.loads(getattr(exc, "body", None) or "{}").get("message") or "")
+    except (ValueError, AttributeError):
+        pass
+    return f"HTTP {status} {getattr(exc, 'reason', '') or ''}: {message}"[:500].rstrip(": ")
+
+
 # ------------------------------------------------------------------------------------------------
 # List + watch of one kind of object, raw JSON
 # ------------------------------------------------------------------------------------------------
@@ -169,7 +183,7 @@ class ListWatch:
             except Exception as exc:  # the API server may be away: relist after a pause
                 if self._stop.is_set():
                     break
-                log.warning("watch failed; relisting", extra={"watch": self._name, "error": repr(exc)[:300]})
+                log.warning("watch failed; relisting", extra={"watch": self._name, "error": failure_text(exc)})
                 version = None
                 self._stop.wait(RETRY_BACKOFF_S[min(failures, len(RETRY_BACKOFF_S) - 1)])
                 failures += 1
@@ -320,7 +334,7 @@ class SharedCapacity:
         try:
             self._core.patch_node_status(self._node, patch, _request_timeout=10)
         except Exception as exc:  # the API server may be away; retry, lose nothing
-            log.warning("Node capacity patch failed", extra={"node": self._node, "error": str(exc)[:500]})
+            log.warning("Node capacity patch failed", extra={"node": self._node, "error": failure_text(exc)})
             self._on_patch("error")
             return False
         self._sent = sent
