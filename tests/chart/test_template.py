@@ -119,11 +119,11 @@ def test_plugin_defaults_nvml_through_the_runtime_class(defaults: Rendered) -> N
     c = container(ds, "plugin")
     assert c["image"] == "k80s/k80s:0.1.0" and c["command"] == ["k80s-plugin"]
     env = env_of(c)
+    assert env["K80S_PLUGIN_MODE"] == "exclusive"
     assert env["K80S_PLUGIN_NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     assert env["K80S_PLUGIN_KUBELET_ROOT"] == "/var/lib/kubelet"
     assert env["K80S_PLUGIN_METRICS_PORT"] == "9480"
     assert env["K80S_PLUGIN_STARTUP_TAINT"] == "startup-taint.cluster-autoscaler.kubernetes.io/k80s"
-    assert env["K80S_PLUGIN_MODE"] == "exclusive"
     assert env["NVIDIA_VISIBLE_DEVICES"] == "all" and env["NVIDIA_DRIVER_CAPABILITIES"] == "utility"
     assert "K80S_PLUGIN_SIMULATE" not in env
     sc = c["securityContext"]
@@ -207,10 +207,6 @@ def test_plugin_rbac_is_nodes_get_patch_only(defaults: Rendered) -> None:
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": f"{FULL}-plugin", "namespace": NAMESPACE}]
 
 
-# ------------------------------------------------------------------------------------------------
-# the scheduler
-# ------------------------------------------------------------------------------------------------
-
 POOLS: dict[str, Any] = {"plugin": {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
     "nodeSelectorTerms": [{"matchExpressions": [{"key": "example.com/k80-pool", "operator": "NotIn",
                                                   "values": ["shared"]}]}]}}},
@@ -274,6 +270,10 @@ def test_bad_pools_are_refused_naming_the_problem(sets: list[str], fragment: str
     assert result.returncode != 0, f"{sets} rendered"
     assert fragment in result.stderr, result.stderr
 
+
+# ------------------------------------------------------------------------------------------------
+# the scheduler
+# ------------------------------------------------------------------------------------------------
 
 
 def test_scheduler_config_is_the_canonical_file_with_the_release_namespace(defaults: Rendered) -> None:
@@ -514,4 +514,6 @@ def test_notes_say_what_to_do_next(tmp_path: Path) -> None:
     assert "svc/k80s-operator-metrics" in text and ":9480" in text and ":8889" in text
     assert "keeps the ModelDeployment CRD" in text
     assert "SIMULATED" not in text
+    assert "default (exclusive) on nodes labelled nvidia.com/gpu.family=kepler" in text
+    assert "-L k80s.io/mode," in text
     assert "SIMULATED backend (2xK80" in notes(sets=["plugin.simulate=2xK80"])
