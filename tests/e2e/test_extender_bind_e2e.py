@@ -43,6 +43,7 @@ from k80s.core.sharing import (
 from k80s.extender import schedconfig
 from k80s.localcluster import wait
 from k80s.localcluster.controlplane import Component, ControlPlane
+from tests.e2e.sharing_invariants import InvariantWatch
 from tests.e2e.test_extender_e2e import (
     ROOT,
     ExtenderProcess,
@@ -156,6 +157,13 @@ def k80s_scheduler(control_plane: ControlPlane, extender: ExtenderProcess, lease
         yield component
 
 
+@pytest.fixture
+def invariants(admin: Any, namespace: str) -> Iterator[InvariantWatch]:
+    """The shared-die invariants (reference/sharing.md §8 V3) checked on every pod watch event."""
+    with InvariantWatch(admin, namespace) as watcher:
+        yield watcher
+
+
 def call_bind(proc: ExtenderProcess, name: str, namespace: str, uid: str, node: str) -> Any:
     import urllib.request
 
@@ -209,7 +217,8 @@ class PodEvents:
 
 
 def test_four_gemma_shares_pack_two_per_board_mirrored_and_a_fifth_is_refused_with_numbers(
-    admin: Any, namespace: str, nodes: Any, extender: ExtenderProcess, k80s_scheduler: Component
+    admin: Any, namespace: str, nodes: Any, extender: ExtenderProcess, k80s_scheduler: Component,
+    invariants: InvariantWatch,
 ) -> None:
     core = kubernetes.client.CoreV1Api(admin)
     labels = group()
@@ -274,10 +283,10 @@ def test_four_gemma_shares_pack_two_per_board_mirrored_and_a_fifth_is_refused_wi
                    if f"Insufficient {DIE_MAJOR_RESOURCE}" in m or f"Insufficient {VRAM_RESOURCE}" in m],
           "a FailedScheduling event naming the node-level resources")
     # ... a small share that the node-level sum admits is refused by the extender, with the numbers.
-    small = SharePlan.from_json(json.dumps({"version": 1, "slots": [{"mib": room + 200, "role": "primary"}]}))
+    small = SharePlan.from_json(json.dumps({"version": 1, "slots": [{"mib": room + 201, "role": "primary"}]}))
     core.create_namespaced_pod(namespace, shared_pod("small", small, labels))
     wait.pod_unschedulable(admin, namespace, "small")
-    small_reason = f"needs {room + 200} MiB on one die; most room per die: {room}, {room}, {room}, {room} MiB"
+    small_reason = f"needs {room + 201} MiB on one die; most room per die: {room}, {room}, {room}, {room} MiB"
     messages = until(lambda: [m for m in scheduling_events(core, namespace, "small") if small_reason in m],
                      "a FailedScheduling event with the extender's reason")
     assert re.search(r"0/\d+ nodes are available: ", messages[0])
@@ -308,6 +317,7 @@ def test_four_gemma_shares_pack_two_per_board_mirrored_and_a_fifth_is_refused_wi
     placed = wait.pod_scheduled(admin, namespace, "small", timeout_s=60)
     small_assignment = Assignment.from_json(placed.metadata.annotations[ASSIGNMENT])
     assert {d.uuid for d in small_assignment.dies} <= {d.uuid for d in assignments[0].dies}
+    assert invariants.events > 0 and invariants.found == [] and invariants.check_now() == []
 
 
 def test_exclusive_pods_are_bound_plainly_by_the_bind_verb(

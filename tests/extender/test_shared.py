@@ -269,3 +269,16 @@ def test_a_node_problem_and_an_unknown_node_for_shared_pods() -> None:
     assert not isinstance(problem, SharedNode) and problem is not None and "not valid JSON" in problem.reason
     with pytest.raises(InvalidSpec):
         SharePlan.from_json("[]")
+
+
+def test_shared_filter_with_full_node_objects_uses_the_cached_ledger() -> None:
+    """nodeCacheCapable: false — the Node objects come in the request; the ledger from the cache."""
+    held = [on("full", (0, 10634), (1, 10634), boards=1)]
+    cache = synced_cache([shared_node("full", boards=1)], [shared_pod("f", node="full", assignment=held[0])])
+    body = json.dumps({"Pod": shared_pod("new"), "Nodes": {"items": [shared_node("full", boards=1), shared_node("idle")]},
+                       "NodeNames": None}).encode()
+    with served(cache) as server:
+        status, answer = Client(server.server.api_port).post_json(FILTER, body)
+    assert status == 200 and [n["metadata"]["name"] for n in answer["Nodes"]["items"]] == ["idle"]
+    assert answer["FailedNodes"] == {
+        "full": "needs 663 + 9971 MiB on two dies of one board; most room per die: 800, 800 MiB"}
