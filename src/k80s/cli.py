@@ -415,7 +415,8 @@ def render_plan(out: Console, report: Any) -> None:
             by_node.setdefault(d["node"], []).append(f"{d['index']}: {d['reservedMiB']}")
         out.print(f"shared dies, MiB reserved of {SHAREABLE_DIE_MIB} per die:")
         for node, held in by_node.items():
-            out.print(f"  {node}  {', '.join(held)}")
+            if any(d["node"] == node and d["reservedMiB"] for d in dies):  # idle shared nodes: --json lists them
+                out.print(f"  {node}  {', '.join(held)}")
     for w in report.workloads:
         if w.error:
             out.print(f"[red]{w.key}: cannot plan: {w.error}[/]")

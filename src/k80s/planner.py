@@ -156,7 +156,9 @@ def _shaped_dies(name: str, boards: int, entry: Mapping[str, Any], where: str) -
     if free is not None:
         if not isinstance(free, list) or len(free) != len(dies) or not all(isinstance(f, int) and f >= 0 for f in free):
             raise InvalidSpec(f"{where}.freeMiB", f"expected {len(dies)} non-negative MiB values, one per die")
-        dies = [replace(d, free_mib=f, nvml_free_mib=min(d.total_mib, f + 68)) for d, f in zip(dies, free, strict=True)]
+        # NVML's view too (used = total − NVML free), so a partly used die is over-used for shares.
+        dies = [replace(d, free_mib=f, nvml_free_mib=(nvml := min(d.total_mib, f + 68)), used_mib=d.total_mib - nvml)
+                for d, f in zip(dies, free, strict=True)]
     for index in entry.get("unhealthy") or []:
         if not isinstance(index, int) or not 0 <= index < len(dies):
             raise InvalidSpec(f"{where}.unhealthy", f"{index!r} is not a die index of a {boards}xK80 node")

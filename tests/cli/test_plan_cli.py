@@ -195,3 +195,11 @@ def test_bad_modes_name_the_field(tmp_path: Path, cluster: str, manifest: str, m
         (entry,) = plan["modelDeployments"]
         err = entry["error"]
     assert message in err and "Traceback" not in err
+
+
+def test_a_partly_used_die_in_the_cluster_file_takes_no_slots(tmp_path: Path) -> None:
+    cluster = "nodes: [{shape: 1xK80, name: old, freeMiB: [11366, 4000], mode: shared}]"
+    code, plan, _ = run_plan(tmp_path, md("g12", "gemma3:12b", 1, sharing="shared"), cluster=cluster)
+    assert code == 0 and plan["placements"] == []
+    # 11441 − (4000 + 68) = 7373 MiB in use with nothing reserved: the extender's overuse rule skips it.
+    assert plan["unplaced"][0]["reasons"]["old"].endswith("; die 1 overused (NVML 7373 MiB in use, ledger 0 MiB)")
