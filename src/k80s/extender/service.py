@@ -277,6 +277,7 @@ class Extender:
         out.pod, out.dies, out.model = info.key, len(plan.slots), need_text(plan)
         by_object = {node_name(n): n for n in args.nodes} if args.nodes is not None else None
         fits: dict[str, SharedFit] = {}
+        verdicts: dict[Hashable, SharedFit] = {}  # per call: equal dies and ledgers, one decision
         for name in args.names:
             node: SharedNode | NodeProblem | None
             if by_object is not None:
@@ -290,7 +291,11 @@ class Extender:
                 out.failed[name] = node.reason
                 out.results["node-problem"] += 1
             else:
-                fit = fits[name] = shared.fit_node(node, plan)
+                key = (plan, shared.signature(node))
+                fit = verdicts.get(key)
+                if fit is None:
+                    fit = verdicts[key] = shared.fit_node(node, plan)
+                fits[name] = fit
                 out.results[fit.refusal.value] += 1
         return fits
 
