@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from pathlib import Path
-
 from collections import defaultdict
 from dataclasses import replace
+from pathlib import Path
 
+import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -269,3 +270,26 @@ def test_shared_placer_invariants(
                 assert len({d.board for d in p.dies}) == 1
         else:
             assert whole_on_shared or mode[p.node] != SHARED
+
+
+def test_packing_benchmark_shared_column_counts_dies_with_slots_and_says_when_nothing_shares(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = _load_bench()
+    g12 = [{"model": "gemma3:12b", "ctx": 4096, "share": 1.0}]
+    row = bench.run_size(g12, 4, 2, 1, 0)  # type: ignore[attr-defined]
+    # 8 stock dies of demand = four gemma3:12b: exclusive 2 dies each on two 2xK80 nodes; shared,
+    # mirrored two per board on one node, every die holding slots.
+    assert row["k80s"]["dies"] == 8 and row["k80s"]["nodes"] == 2
+    assert {k: row["shared"][k] for k in ("dies", "nodes", "sharing")} == {"dies": 4, "nodes": 1, "sharing": 4}
+    mixes = tmp_path / "mixes.yaml"
+    mixes.write_text(yaml.safe_dump({
+        "seed": 1, "node_shape": "2xK80", "sizes": [4], "ilp_max_boards": 0,
+        "mixes": {"standard": g12, "ollama": [{"model": "gemma3:4b", "ctx": 4096, "share": 1.0, "runtime": "ollama"}]},
+        "targets": {"dies_k80s_over_stock": 1.0, "nodes_k80s_over_bound": 1.5, "dies_shared_over_k80s": 0.8},
+    }))
+    assert bench.main(["--mixes", str(mixes), "--plot", ""]) == 0  # type: ignore[attr-defined]
+    out = capsys.readouterr().out
+    assert "dies(s)/dies(a) = 0.500 (issue target ≤ 0.8, margin 256 MiB + context 68 MiB per slot) — met" in out
+    assert "mix 'ollama'" in out and "shared: n/a — no replica of this mix can share" in out
+    assert not (Path.cwd() / ".png").exists()
