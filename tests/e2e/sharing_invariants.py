@@ -23,8 +23,14 @@ def _annotations(obj: Mapping[str, Any]) -> Mapping[str, str]:
     return obj.get("metadata", {}).get("annotations") or {}
 
 
+_SUFFIXES = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+
+
 def _mib(quantity: Any) -> int:
-    return int(str(quantity or 0))
+    """An integer resource quantity as the apiserver writes it (it canonicalises 1000 to "1k")."""
+    text = str(quantity or 0)
+    digits = text.rstrip("kMGi")
+    return int(digits) * _SUFFIXES[text[len(digits):]]
 
 
 def violations(nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]]) -> list[str]:

@@ -57,3 +57,9 @@ def test_node_sum_is_checked_against_allocatable_and_terminal_pods_do_not_count(
     assert any("allocatable 12000" in f for f in violations([node(vram=12000)], pods))
     pods[1]["status"]["phase"] = "Succeeded"
     assert violations([node(vram=12000)], pods) == []
+
+
+def test_canonical_quantities_are_read() -> None:
+    from tests.e2e.sharing_invariants import _mib
+
+    assert (_mib("1k"), _mib("10634"), _mib("2Ki"), _mib(None)) == (1000, 10634, 2048, 0)
