@@ -8,6 +8,7 @@ extender's ledger. `InvariantWatch` runs it on every watch event of a test and k
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -28,9 +29,8 @@ _SUFFIXES = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "Ki": 2**10, "Mi": 2**20
 
 def _mib(quantity: Any) -> int:
     """An integer resource quantity as the apiserver writes it (it canonicalises 1000 to "1k")."""
-    text = str(quantity or 0)
-    digits = text.rstrip("kMGi")
-    return int(digits) * _SUFFIXES[text[len(digits):]]
+    number, suffix = re.fullmatch(r"(\d+)([A-Za-z]*)", str(quantity or 0)).groups()  # type: ignore[union-attr]
+    return int(number) * _SUFFIXES[suffix]
 
 
 def violations(nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]]) -> list[str]:
