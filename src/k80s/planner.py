@@ -318,8 +318,11 @@ def make_report(
                 replace(n, labels={"kubernetes.io/hostname": n.name, **(node_labels or {}), **n.labels})
                 for n in empty_nodes(k, boards, prefix=f"new-{node_shape}", mode=node_mode)
             ]
-            if pack(replicas, grown, SharedPlacer()).all_placed:
+            attempt = pack(replicas, grown, SharedPlacer())
+            if attempt.all_placed:
                 extra = k
+                break
+            if k and any(r.unresolvable for r in attempt.refused):  # no number of these nodes would take it
                 break
     return PlanReport(tuple(workloads), result, node_shape, extra, max_nodes, shapes, node_mode)
 
