@@ -74,15 +74,21 @@ def _load(annotations: Mapping[str, str], key: str) -> Any:
         raise InvalidSpec(key, f"not valid JSON ({exc})") from None
 
 
-def decode_model(text: str) -> ModelRef:
+def load_versioned_object(text: str, key: str) -> Mapping[str, Any]:
+    """An annotation's JSON object with `"version":1`; InvalidSpec naming the annotation otherwise."""
     try:
         data = json.loads(text)
     except ValueError as exc:
-        raise InvalidSpec(MODEL, f"not valid JSON ({exc})") from None
+        raise InvalidSpec(key, f"not valid JSON ({exc})") from None
     if not isinstance(data, Mapping):
-        raise InvalidSpec(MODEL, "expected a JSON object")
+        raise InvalidSpec(key, "expected a JSON object")
     if data.get("version") != 1:
-        raise InvalidSpec(f"{MODEL}.version", f"{data.get('version')!r} is not supported (expected 1)")
+        raise InvalidSpec(f"{key}.version", f"{data.get('version')!r} is not supported (expected 1)")
+    return data
+
+
+def decode_model(text: str) -> ModelRef:
+    data = load_versioned_object(text, MODEL)
     for key in ("name", "digest", "profile"):
         if key not in data:
             raise InvalidSpec(f"{MODEL}.{key}", "is required")

@@ -18,9 +18,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from k80s.core.annotations import load_versioned_object
 from k80s.core.errors import InvalidSpec
 from k80s.core.estimate import Estimate, physical_die_bytes
-from k80s.core.inventory import CONTEXT_RESERVE_MIB, IDLE_USED_MIB, K80_TOTAL_MIB, DieInfo
+from k80s.core.inventory import (
+    CONTEXT_RESERVE_MIB,
+    IDLE_USED_MIB,
+    K80_TOTAL_MIB,
+    DieInfo,
+)
 from k80s.core.options import EstimateOptions
 from k80s.core.profile import ModelProfile
 from k80s.core.units import MIB
@@ -103,19 +109,14 @@ class SharePlan:
 
     @classmethod
     def from_json(cls, text: str) -> SharePlan:
-        data = _load_object(text, SHARES)
-        raw = data.get("slots")
-        if not isinstance(raw, list) or not raw:
-            raise InvalidSpec(f"{SHARES}.slots", "is required and must be a non-empty list")
+        data = load_versioned_object(text, SHARES)
+        items = _object_list(data, "slots", SHARES)
         slots = []
-        for i, item in enumerate(raw):
-            path = f"{SHARES}.slots[{i}]"
-            if not isinstance(item, Mapping):
-                raise InvalidSpec(path, "expected a JSON object")
+        for i, (path, item) in enumerate(items):
             mib = _positive_int(item, "mib", path)
             if mib > SHAREABLE_DIE_MIB:
                 raise InvalidSpec(f"{path}.mib", f"{mib} exceeds one die ({SHAREABLE_DIE_MIB} MiB)")
-            role = item.get("role", PRIMARY if i == len(raw) - 1 else SECONDARY)
+            role = item.get("role", PRIMARY if i == len(items) - 1 else SECONDARY)
             if role not in (PRIMARY, SECONDARY):
                 raise InvalidSpec(f"{path}.role", f"must be primary or secondary, got {role!r}")
             slots.append(Slot(mib=mib, role=role))
@@ -204,15 +205,9 @@ class Assignment:
 
     @classmethod
     def from_json(cls, text: str) -> Assignment:
-        data = _load_object(text, ASSIGNMENT)
-        raw = data.get("dies")
-        if not isinstance(raw, list) or not raw:
-            raise InvalidSpec(f"{ASSIGNMENT}.dies", "is required and must be a non-empty list")
+        data = load_versioned_object(text, ASSIGNMENT)
         dies = []
-        for i, item in enumerate(raw):
-            path = f"{ASSIGNMENT}.dies[{i}]"
-            if not isinstance(item, Mapping):
-                raise InvalidSpec(path, "expected a JSON object")
+        for path, item in _object_list(data, "dies", ASSIGNMENT):
             dies.append(DieShare(
                 slot=_int(item, "slot", None, path),
                 uuid=_str(item, "uuid", path),
@@ -267,16 +262,17 @@ def overused(die: DieInfo, reserved_mib: int, margin_mib: int = SHARE_MARGIN_MIB
     return die.used_mib - IDLE_USED_MIB > reserved_mib + margin_mib
 
 
-def _load_object(text: str, key: str) -> Mapping[str, Any]:
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise InvalidSpec(key, f"not valid JSON ({exc})") from None
-    if not isinstance(data, Mapping):
-        raise InvalidSpec(key, "expected a JSON object")
-    if data.get("version") != 1:
-        raise InvalidSpec(f"{key}.version", f"{data.get('version')!r} is not supported (expected 1)")
-    return data
+def _object_list(data: Mapping[str, Any], key: str, path: str) -> list[tuple[str, Mapping[str, Any]]]:
+    """A required non-empty list of JSON objects, each with its path for error messages."""
+    raw = data.get(key)
+    if not isinstance(raw, list) or not raw:
+        raise InvalidSpec(f"{path}.{key}", "is required and must be a non-empty list")
+    items = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, Mapping):
+            raise InvalidSpec(f"{path}.{key}[{i}]", "expected a JSON object")
+        items.append((f"{path}.{key}[{i}]", item))
+    return items
 
 
 def _int(data: Mapping[str, Any], key: str, default: int | None, path: str) -> int:

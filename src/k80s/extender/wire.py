@@ -91,8 +91,8 @@ def go_field(obj: Mapping[str, Any], name: str) -> Any:
     return None
 
 
-def decode_args(body: bytes) -> ExtenderArgs:
-    """ExtenderArgs from a request body; `BadRequest` naming what is wrong otherwise."""
+def _json_object(body: bytes, what: str) -> dict[str, Any]:
+    """A request body as a JSON object within the size limit; `BadRequest` otherwise."""
     if len(body) > MAX_BODY_BYTES:
         raise BadRequest(f"request body is {len(body)} bytes; the limit is {MAX_BODY_BYTES} (8 MiB)")
     try:
@@ -100,7 +100,13 @@ def decode_args(body: bytes) -> ExtenderArgs:
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"request body is not JSON ({exc})") from None
     if not isinstance(data, dict):
-        raise BadRequest(f"ExtenderArgs must be a JSON object, got {type(data).__name__}")
+        raise BadRequest(f"{what} must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def decode_args(body: bytes) -> ExtenderArgs:
+    """ExtenderArgs from a request body; `BadRequest` naming what is wrong otherwise."""
+    data = _json_object(body, "ExtenderArgs")
     pod = go_field(data, "Pod")
     if not isinstance(pod, dict):
         raise BadRequest("ExtenderArgs.Pod is required and must be a Pod object")
@@ -223,14 +229,7 @@ class BindingArgs:
 def decode_binding_args(body: bytes) -> BindingArgs:
     """ExtenderBindingArgs `{"PodName", "PodNamespace", "PodUID", "Node"}` from a bind body;
     `BadRequest` naming the field otherwise (every field is required and a non-empty string)."""
-    if len(body) > MAX_BODY_BYTES:
-        raise BadRequest(f"request body is {len(body)} bytes; the limit is {MAX_BODY_BYTES} (8 MiB)")
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"request body is not JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise BadRequest(f"ExtenderBindingArgs must be a JSON object, got {type(data).__name__}")
+    data = _json_object(body, "ExtenderBindingArgs")
     values = []
     for name in ("PodName", "PodNamespace", "PodUID", "Node"):
         value = go_field(data, name)
