@@ -20,7 +20,6 @@ from typing import Any
 
 import kubernetes.client
 import pytest
-import yaml
 from kubernetes import watch
 
 from k80s import catalogue
@@ -43,9 +42,9 @@ from k80s.core.sharing import (
 from k80s.extender import schedconfig
 from k80s.localcluster import wait
 from k80s.localcluster.controlplane import Component, ControlPlane
+from tests.e2e.extender_rbac import documented_rbac_kubeconfig
 from tests.e2e.sharing_invariants import InvariantWatch
 from tests.e2e.test_extender_e2e import (
-    ROOT,
     ExtenderProcess,
     as_scheduler_sees,
     die_pod,
@@ -104,22 +103,9 @@ def lease_namespace(admin: Any) -> Iterator[str]:
 def extender_kubeconfig(admin: Any, control_plane: ControlPlane, lease_namespace: str,
                         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A kubeconfig for a ServiceAccount bound to exactly extender/examples/rbac.yaml."""
-    core = kubernetes.client.CoreV1Api(admin)
-    rbac = kubernetes.client.RbacAuthorizationV1Api(admin)
-    role, binding = yaml.safe_load_all((ROOT / "extender" / "examples" / "rbac.yaml").read_text())
-    name = f"k80s-extender-{lease_namespace}"
-    role["metadata"]["name"] = binding["metadata"]["name"] = binding["roleRef"]["name"] = name
-    binding["subjects"][0].update(name="extender", namespace=lease_namespace)
-    core.create_namespaced_service_account(lease_namespace, {"metadata": {"name": "extender"}})
-    rbac.create_cluster_role(role)
-    rbac.create_cluster_role_binding(binding)
-    try:
-        token = core.create_namespaced_service_account_token(
-            "extender", lease_namespace, {"spec": {"audiences": [], "expirationSeconds": 3600}}).status.token
-        yield control_plane.write_kubeconfig(tmp_path_factory.mktemp("bind-rbac") / "extender.kubeconfig", token)
-    finally:
-        rbac.delete_cluster_role_binding(name)
-        rbac.delete_cluster_role(name)
+    with documented_rbac_kubeconfig(admin, control_plane, lease_namespace, f"k80s-extender-{lease_namespace}",
+                                    tmp_path_factory.mktemp("bind-rbac") / "extender.kubeconfig") as path:
+        yield path
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ from k80s.localcluster import processes, wait
 from k80s.localcluster.controlplane import Component, ControlPlane
 from k80s.localcluster.devicemanager import ALLOCATE_ANNOTATION
 from k80s.localcluster.kubelet import SimulatedNode
+from tests.e2e.extender_rbac import documented_rbac_kubeconfig
 from tests.extender.helpers import plan_annotations, with_free
 
 pytestmark = pytest.mark.controlplane
@@ -340,21 +341,8 @@ def run_board_pairing(core: kubernetes.client.CoreV1Api, admin: Any, namespace: 
 
 def test_the_documented_rbac_is_enough(admin: Any, namespace: str, control_plane: ControlPlane, nodes: Any,
                                        tmp_path: Path) -> None:
-    import yaml
-
-    core = kubernetes.client.CoreV1Api(admin)
-    rbac = kubernetes.client.RbacAuthorizationV1Api(admin)
-    role, binding = yaml.safe_load_all((ROOT / "extender" / "examples" / "rbac.yaml").read_text())
     name = f"k80s-extender-{secrets.token_hex(3)}"
-    role["metadata"]["name"] = binding["metadata"]["name"] = binding["roleRef"]["name"] = name
-    binding["subjects"][0].update(name="extender", namespace=namespace)
-    core.create_namespaced_service_account(namespace, {"metadata": {"name": "extender"}})
-    rbac.create_cluster_role(role)
-    rbac.create_cluster_role_binding(binding)
-    try:
-        token = core.create_namespaced_service_account_token(
-            "extender", namespace, {"spec": {"audiences": [], "expirationSeconds": 3600}}).status.token
-        kubeconfig = control_plane.write_kubeconfig(tmp_path / "extender.kubeconfig", token)
+    with documented_rbac_kubeconfig(admin, control_plane, namespace, name, tmp_path / "extender.kubeconfig") as kubeconfig:
         proc = start_extender(kubeconfig, tmp_path / "extender.log")
         try:
             wait.wait_for(lambda: proc.get("/readyz")[0] == 200, what="readyz under the documented RBAC",
@@ -364,9 +352,6 @@ def test_the_documented_rbac_is_enough(admin: Any, namespace: str, control_plane
             assert "forbidden" not in proc.log_path.read_text().lower()
         finally:
             stop_process(proc.process)
-    finally:
-        rbac.delete_cluster_role_binding(name)
-        rbac.delete_cluster_role(name)
 
 
 def extender_sees(proc: ExtenderProcess, node: str) -> bool:
