@@ -168,7 +168,8 @@ def test_parity_condition_is_appended_when_planned() -> None:
     o = outcome()
     parity = st.Condition("PlanParity", "True", "PlanIsRuntimeInput", "given")
     c = conditions(build_status(StatusInputs("x", o, [], parity=parity), [], NOW))
-    assert [k for k in c] == ["ModelResolved", "Fits", "Scheduled", "Ready", "PlanParity"]
+    assert [k for k in c] == ["ModelResolved", "Fits", "Scheduled", "Ready", "DiesHealthy", "PlanParity"]
+    assert tuple(c) == st.CONDITION_ORDER
 
 
 def test_scaled_to_zero() -> None:

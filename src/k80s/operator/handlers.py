@@ -9,7 +9,8 @@ resolver, metrics, and per-object memory the API server can always rebuild).
   point creates no duplicates), record the outcome, refresh the status.
 - `model_pod_changed` (pod events): replace pods that failed admission, refresh the status.
 - `node_inventory_changed` (node events): a node's `k80s.io/dies` changed: refresh the status of
-  the ModelDeployments with pods there (placements' die UUIDs).
+  the ModelDeployments with pods there (placements' die UUIDs), and delete the model pods holding
+  a die it now marks Unhealthy (`diehealth`, reference/sharing.md §7.6).
 - `start_recheck` (startup): a loop that re-checks every object each `recheck_s` (parity probes of
   Ready replicas, pods stuck after failed admission, status); not a kopf timer, which would add a
   finalizer to every ModelDeployment.
@@ -41,7 +42,7 @@ import kubernetes.client
 from k80s.core.annotations import MODEL_DEPLOYMENT_LABEL
 from k80s.core.errors import InvalidInput
 from k80s.core.inventory import NodeInventory
-from k80s.operator import children, kube, parity
+from k80s.operator import children, diehealth, kube, parity
 from k80s.operator import status as st
 from k80s.operator.metrics import OperatorMetrics
 from k80s.operator.plan import Plan, make_plan, smallest_fit
@@ -113,6 +114,8 @@ class Reconciler:
                                                  registry_url=settings.registry_url,
                                                  shared_priority_class=settings.shared_priority_class)
         self.memory: dict[Key, _Memory] = {}
+        self.die_deletions: set[tuple[str, str]] = set()  # (pod UID, die UUID) already acted on
+        self.die_delete_budget = diehealth.TokenBucket(settings.unhealthy_die_deletes_per_min)
         self._recheck_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Future[Any]] = set()
         # Blocking API calls run here; Events and probes get their own threads, so a burst of
@@ -342,6 +345,36 @@ class Reconciler:
             await self.event(mem, "PodReplaced", f"pod {pod.name} failed admission on {pod.node} ({pod.reason}: "
                              f"{pod.message}); deleted, the ReplicaSet replaces it", warning=True)
 
+    async def replace_pods_on_unhealthy_dies(self, pods: Any, inventories: Mapping[str, NodeInventory | None]) -> None:
+        """Delete the model pods holding a die their node's inventory marks Unhealthy (once per pod
+        and die, within the rate limit; the rest wait for the next node event or re-check)."""
+        if pods is None or self.settings.unhealthy_die_deletes_per_min <= 0:
+            return
+        groups = [(key, list(views)) for key, views in pods.items()]
+        lost = diehealth.lost_dies(groups, inventories, self.die_deletions)
+        for n, item in enumerate(lost):
+            if not self.die_delete_budget.take(time.monotonic()):
+                log.warning("model pods on unhealthy dies wait for the delete rate limit",
+                            extra={"waiting": len(lost) - n, "perMinute": self.settings.unhealthy_die_deletes_per_min})
+                return
+            self.die_deletions |= item.keys  # before the call: a concurrent pass must not delete it again
+            pod = item.pod
+            try:
+                deleted = await self.call(kube.delete_pod, self.api, pod.namespace, pod.name, pod.uid)
+            except Exception as exc:  # noqa: BLE001 - retried on the next event or re-check
+                self.die_deletions -= item.keys
+                log.warning("deleting a pod on an unhealthy die failed",
+                            extra={"object": pod.key, "node": item.node, "error": str(exc)[:200]})
+                continue
+            if not deleted:
+                continue  # already gone or replaced: nothing to say
+            self.metrics.pods_replaced.labels(diehealth.DIE_UNHEALTHY).inc()
+            mem = self.memory.get(item.owner)
+            if mem is not None:
+                await self.event(mem, diehealth.DIE_UNHEALTHY, item.message(), warning=True)
+            else:
+                log.warning(item.message(), extra={"object": pod.key, "reason": diehealth.DIE_UNHEALTHY})
+
     async def probe_parity(self, mem: _Memory, pods: Any) -> None:
         """Best effort: ask the Ready replicas of the current plan what they loaded."""
         outcome = mem.outcome
@@ -371,6 +404,15 @@ class Reconciler:
     async def _recheck_loop(self, pods: Any, nodes: Any) -> None:
         while True:
             await asyncio.sleep(self.settings.recheck_s)
+            try:
+                if pods is not None:  # forget pods gone for good, then catch up on deferred deletions
+                    self.die_deletions = diehealth.still_relevant(self.die_deletions,
+                                                                  (v for g in pods.values() for v in g))
+                await self.replace_pods_on_unhealthy_dies(pods, _inventories(nodes))
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # must not stop the loop
+                log.exception("re-check of unhealthy dies failed")
             for mem in list(self.memory.values()):
                 try:
                     await self.recheck(mem, pods, nodes)
@@ -391,6 +433,13 @@ class Reconciler:
 def _source_kind(body: Mapping[str, Any]) -> str:
     model = (body.get("spec") or {}).get("model") or {}
     return next((k for k in ("name", "url", "profile") if model.get(k) is not None), "none")
+
+
+def _inventories(nodes: Any) -> dict[str, NodeInventory | None]:
+    """Node name → inventory from the node index (a kopf Index: name → store of one)."""
+    if nodes is None:
+        return {}
+    return {name: next(iter(store), None) for name, store in nodes.items()}
 
 
 def _inventory(annotations: Mapping[str, str]) -> NodeInventory | None:
@@ -443,6 +492,12 @@ def build_registry(rec: Reconciler) -> kopf.OperatorRegistry:
         for key in st.sharing_keys(view, model_pods.items()):
             if (other := rec.memory.get(key)) is not None and other is not mem:
                 rec.request_refresh(other, model_pods, node_inventories)
+        # A pod bound to a die that is already unhealthy (the inventory changed before the bind).
+        if view.active and view.node and node_inventories is not None:
+            found = list(node_inventories.get(view.node, []))
+            if found and found[0] is not None and st.unhealthy_dies(view, {view.node: found[0]}):
+                await rec.replace_pods_on_unhealthy_dies({(namespace, labels[MODEL_DEPLOYMENT_LABEL]): [view]},
+                                                         {view.node: found[0]})
 
     seen_inventories: dict[str, str] = {}
 
@@ -458,6 +513,8 @@ def build_registry(rec: Reconciler) -> kopf.OperatorRegistry:
         for key in keys:
             if (mem := rec.memory.get(key)) is not None:
                 rec.request_refresh(mem, model_pods, node_inventories)
+        # This event's own inventory (the index may still hold the previous one).
+        await rec.replace_pods_on_unhealthy_dies(model_pods, {name: _inventory(annotations)})
 
     @kopf.on.startup(id="start_recheck", registry=registry)  # type: ignore[arg-type]
     async def start_recheck(model_pods: kopf.Index[Key, st.PodView], node_inventories: kopf.Index[str, Any],

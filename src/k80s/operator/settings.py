@@ -62,6 +62,10 @@ class OperatorSettings:
         "priorityClassName of shared model pods: a PriorityClass with preemptionPolicy Never (the "
         "chart ships k80s-shared), because no share-aware preemption exists yet. Empty: none.",
         default=DEFAULT_SHARED_PRIORITY_CLASS)
+    unhealthy_die_deletes_per_min: int = _doc(
+        "Most model pods deleted per minute because a die they hold turned Unhealthy (in bursts of "
+        "as many), so their Deployments recreate them on healthy dies; the rest wait for the next "
+        "re-check. 0: never delete them.", default=30)
     runtime_policies: tuple[tuple[str, str], ...] = _doc(
         "Extra image-glob=policy rules, comma-separated, tried before the built-in table "
         "(docs/runtimes.md), e.g. 'registry.local/ollama37:*=ollama37-2026'.", default=())
@@ -140,6 +144,8 @@ def _validate(s: OperatorSettings) -> None:
     for name in ("share_context_mib", "share_margin_mib"):
         if not 0 <= getattr(s, name) <= K80_TOTAL_MIB:
             raise bad(name, f"{getattr(s, name)} is outside 0..{K80_TOTAL_MIB}")
+    if s.unhealthy_die_deletes_per_min < 0:
+        raise bad("unhealthy_die_deletes_per_min", f"{s.unhealthy_die_deletes_per_min} must be >= 0")
     LOADER.check_port(s, "health_port")
     for name in ("http_timeout_s", "recheck_s", "parity_timeout_s", "lease_duration_s", "renew_deadline_s",
                  "retry_period_s", "name_ttl_s"):

@@ -13,6 +13,9 @@ Conditions:
   "wanted W, placed P" plus the scheduler's message once it reported a pod Unschedulable
   (reason `Scheduling` before it has).
 - `Ready`: every wanted replica of the current plan is Ready.
+- `DiesHealthy` (when planned): False, reason `DieUnhealthy`, while an active replica holds a die
+  its node's inventory marks not Healthy (the operator deletes such pods: `diehealth`), naming
+  the pod, the die and the node; else True, reason `Healthy`.
 - `PlanParity`: whether the runtime computes what the plan says (`k80s.operator.parity`).
 
 Counting: a pod is *active* when it is neither terminal nor being deleted. `replicas` and
@@ -35,7 +38,7 @@ from typing import Any, Final
 
 from k80s.core.annotations import ESTIMATE, MODEL_DEPLOYMENT_LABEL
 from k80s.core.errors import InvalidInput
-from k80s.core.inventory import NodeInventory
+from k80s.core.inventory import DieInfo, NodeInventory
 from k80s.core.sharing import ASSIGNMENT, SHAREABLE_DIE_MIB, SHARES, Assignment, ledger_from, slot_text
 from k80s.core.units import mib
 from k80s.operator.children import PLAN_HASH, selector
@@ -48,11 +51,13 @@ MODEL_RESOLVED: Final = "ModelResolved"
 FITS: Final = "Fits"
 SCHEDULED: Final = "Scheduled"
 READY: Final = "Ready"
+DIES_HEALTHY: Final = "DiesHealthy"
 PLAN_PARITY: Final = "PlanParity"
-CONDITION_ORDER: Final = (MODEL_RESOLVED, FITS, SCHEDULED, READY, PLAN_PARITY)
+CONDITION_ORDER: Final = (MODEL_RESOLVED, FITS, SCHEDULED, READY, DIES_HEALTHY, PLAN_PARITY)
 
 INSUFFICIENT_DIE_MEMORY: Final = "InsufficientDieMemory"
 INSUFFICIENT_DIES: Final = "InsufficientDies"
+DIE_UNHEALTHY: Final = "DieUnhealthy"
 TERMINAL_PHASES: Final = frozenset({"Succeeded", "Failed"})
 
 
@@ -316,6 +321,31 @@ def die_uuids(pod: PodView, inventories: Mapping[str, NodeInventory | None]) -> 
     return list(pod.allocated_ids)
 
 
+def unhealthy_dies(pod: PodView, inventories: Mapping[str, NodeInventory | None]) -> tuple[DieInfo, ...]:
+    """The dies `pod` holds (`die_uuids`, CUDA order) that its node's inventory marks not Healthy.
+    A die the inventory does not list tells nothing (a plugin restarting is not a broken die)."""
+    inventory = inventories.get(pod.node or "")
+    if inventory is None:
+        return ()
+    sick = {d.uuid: d for d in inventory.dies if not d.healthy}
+    return tuple(sick[u] for u in die_uuids(pod, inventories) if u in sick)
+
+
+def dies_text(dies: Iterable[DieInfo]) -> str:
+    """'GPU-b (index 1, Unhealthy)' for messages."""
+    return ", ".join(f"{d.uuid} (index {d.index}, {d.health})" for d in dies)
+
+
+def dies_healthy_condition(pods: Iterable[PodView], inventories: Mapping[str, NodeInventory | None]) -> Condition:
+    held = [(p, dies) for p in sorted(pods, key=lambda p: p.name)
+            if p.active and p.node and (dies := unhealthy_dies(p, inventories))]
+    if not held:
+        return Condition(DIES_HEALTHY, "True", "Healthy", "no replica holds an unhealthy die")
+    text = "; ".join(f"pod {p.name} holds die {dies_text(dies)} on node {p.node}" for p, dies in held)
+    return Condition(DIES_HEALTHY, "False", DIE_UNHEALTHY,
+                     f"{text}: the operator deletes such pods so their Deployment recreates them on healthy dies")
+
+
 def placements(pods: Iterable[PodView], inventories: Mapping[str, NodeInventory | None],
                holders: Mapping[str, Sequence[str]] | None = None) -> list[dict[str, Any]]:
     out = []
@@ -373,6 +403,8 @@ def conditions_for(inputs: StatusInputs) -> list[Condition]:
         conditions.append(o.fits)
     conditions.append(scheduled_condition(o, c.wanted, c.placed, inputs.pods))
     conditions.append(ready_condition(o, c.ready_current))
+    if o.planned:
+        conditions.append(dies_healthy_condition(inputs.pods, inputs.inventories))
     if inputs.parity is not None and o.planned:
         conditions.append(inputs.parity)
     return conditions
