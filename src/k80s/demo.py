@@ -12,8 +12,12 @@ process group (SIGTERM, SIGKILL after a grace period) when the demo ends for any
 `PR_SET_PDEATHSIG=SIGKILL` (via `setpriv`) so it cannot outlive a demo that is killed outright.
 Logs go to `<workdir>/logs/`.
 
+With `--shared` every node's device plugin runs in `--mode shared` and every ModelDeployment asks
+for `spec.sharing: shared` (docs/sharing.md): the extender's bind verb puts their slots on dies by
+MiB, and the view compares the dies that takes with whole-die placement.
+
 It builds no cluster pieces itself (`k80s.localcluster` does) and draws nothing (`k80s.demo_view`
-renders). It runs no shared-die mode.
+renders).
 """
 
 from __future__ import annotations
@@ -53,6 +57,13 @@ from k80s.core.inventory import (
 )
 from k80s.core.options import EstimateOptions
 from k80s.core.selection import plan_for_idle_dies
+from k80s.core.sharing import (
+    DIE_MAJOR_RESOURCE,
+    EXCLUSIVE,
+    MODE_LABEL,
+    SHARED,
+    VRAM_RESOURCE,
+)
 from k80s.demo_view import (
     DONE,
     STUCK,
@@ -77,6 +88,10 @@ NAMESPACE: Final = "k80s-demo"
 """Where the demo's ModelDeployments, their pods and the operator's Lease live."""
 
 DEFAULT_MODELS: Final = "gemma3:4b,gemma3:12b,gemma3:27b,deepseek-r1:14b,deepseek-r1:32b"
+DEFAULT_SHARED_MODELS: Final = "gemma3:12b,gemma3:12b,gemma3:4b,qwen3:4b,deepseek-r1:1.5b,gemma3:27b"
+"""With --shared: two gemma3:12b (slots 663 + 9971 MiB) mirror on one board; gemma3:4b, qwen3:4b and
+deepseek-r1:1.5b (4785, 3660, 1854 MiB) fit one die together; gemma3:27b cannot share at 4096 (its
+primary slot is 12407 MiB, more than a die's 11434) and shows why. Whole dies would take 7."""
 DEFAULT_CONTEXT: Final = 4096
 """numCtx of a model given without `@CTX`: the seed's published gemma3:12b case (split 1,48)."""
 
@@ -172,9 +187,10 @@ def parse_models(text: str) -> tuple[ModelChoice, ...]:
     return tuple(choices)
 
 
-def model_deployment(choice: ModelChoice) -> dict[str, Any]:
-    """The ModelDeployment the demo applies: llama.cpp runtime, the seed's policy by default."""
-    return {
+def model_deployment(choice: ModelChoice, *, shared: bool = False) -> dict[str, Any]:
+    """The ModelDeployment the demo applies: llama.cpp runtime, the seed's policy by default;
+    `shared`: `spec.sharing: shared` (llama.cpp is the runtime that can share)."""
+    body: dict[str, Any] = {
         "apiVersion": "k80s.io/v1alpha1",
         "kind": "ModelDeployment",
         "metadata": {"name": choice.name, "namespace": NAMESPACE, "labels": {"app.kubernetes.io/part-of": "k80s-demo"}},
@@ -185,6 +201,23 @@ def model_deployment(choice: ModelChoice) -> dict[str, Any]:
             "options": {"numCtx": choice.context_tokens},
             "maxDies": MAX_DIES,
         },
+    }
+    if shared:
+        body["spec"]["sharing"] = SHARED
+    return body
+
+
+def shared_priority_class() -> dict[str, Any]:
+    """The chart's PriorityClass for shared model pods (charts/k80s/templates/operator-priorityclass.yaml):
+    the operator names it in every shared pod, and the API server refuses a pod naming one that
+    does not exist."""
+    from k80s.operator.settings import DEFAULT_SHARED_PRIORITY_CLASS
+
+    return {
+        "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+        "metadata": {"name": DEFAULT_SHARED_PRIORITY_CLASS, "labels": {"app.kubernetes.io/part-of": "k80s-demo"}},
+        "value": 0, "preemptionPolicy": "Never", "globalDefault": False,
+        "description": "k80s shared model pods: they never preempt (no share-aware preemption yet).",
     }
 
 
@@ -291,9 +324,12 @@ class DemoStack:
     reverse order, and may be called at any point (also twice)."""
 
     def __init__(
-        self, workdir: Path, bin_dir: Path, node_count: int, shape: str, choices: Sequence[ModelChoice]
+        self, workdir: Path, bin_dir: Path, node_count: int, shape: str, choices: Sequence[ModelChoice],
+        *, shared: bool = False,
     ) -> None:
         self.workdir = workdir
+        self.shared = shared
+        self.mode = SHARED if shared else EXCLUSIVE
         self.bin_dir = bin_dir
         self.logs_dir = workdir / "logs"
         self.shape = shape
@@ -306,6 +342,11 @@ class DemoStack:
         self.extender: _Process | None = None
         self.operator: _Process | None = None
         self._api: kubernetes.client.ApiClient | None = None
+
+    @property
+    def mode_text(self) -> str:
+        """' shared' after the node shape in the headers; nothing for the default."""
+        return f" {SHARED}" if self.shared else ""
 
     @property
     def kubeconfig(self) -> Path:
@@ -350,7 +391,9 @@ class DemoStack:
         self.write_pids()
 
     def start_nodes(self) -> None:
-        """Simulated kubelets with the real device side, and one device-plugin process per node."""
+        """Simulated kubelets with the real device side, and one device-plugin process per node
+        (in the demo's mode: a shared plugin registers nothing with the kubelet and publishes
+        node-level k80s.io/vram-mib and k80s.io/die-major instead of k80s.io/die)."""
         from k80s.localcluster import wait
         from k80s.localcluster.devices import PluginDeviceManager
         from k80s.localcluster.kubelet import start_simulated_nodes
@@ -363,17 +406,23 @@ class DemoStack:
                 sys.executable, "-m", "k80s.plugin", "--simulate", self.shape, "--kubelet-root", str(node.root),
                 "--node-name", node.name, "--kubeconfig", str(self.kubeconfig), "--metrics-address", "127.0.0.1",
                 "--metrics-port", "0", "--socket-check-s", "0.5", "--pod-resources-poll-s", "0.5",
+                "--mode", self.mode,
             ], self.logs_dir / f"plugin-{node.name}.log"))
         self.write_pids()
         import kubernetes.client
 
         core = kubernetes.client.CoreV1Api(self.api)
         dies = str(2 * self.boards)
+        # Exclusive: k80s.io/die registered with the kubelet. Shared: one die-major per die (the
+        # vram-mib beside it, whatever form the API server writes the quantity in).
+        resource = DIE_MAJOR_RESOURCE if self.shared else "k80s.io/die"
         for node, plugin in zip(self.nodes, self.plugins, strict=True):
             def advertised(name: str = node.name) -> bool:
                 n: Any = core.read_node(name)
                 inventory = (n.metadata.annotations or {}).get("k80s.io/dies")
-                return (n.status.allocatable or {}).get("k80s.io/die") == dies and bool(inventory)
+                allocatable = n.status.allocatable or {}
+                offered = allocatable.get(resource) == dies and (not self.shared or VRAM_RESOURCE in allocatable)
+                return offered and bool(inventory)
 
             try:
                 wait.wait_for(advertised, what=f"{node.name} to advertise {dies} dies", timeout_s=READY_TIMEOUT_S,
@@ -382,7 +431,9 @@ class DemoStack:
                 if not plugin.alive():
                     raise DemoError(f"{plugin.name} exited with status {plugin.popen.returncode}",
                                     plugin.log_path) from None
-                raise DemoError(f"{node.name}: the device plugin did not register {dies} dies and publish the "
+                what = (f"publish {VRAM_RESOURCE} and {dies} {DIE_MAJOR_RESOURCE}" if self.shared
+                        else f"register {dies} dies")
+                raise DemoError(f"{node.name}: the device plugin did not {what} and publish the "
                                 f"k80s.io/dies inventory in {READY_TIMEOUT_S:.0f} s", plugin.log_path) from None
 
     def start_extender(self) -> int:
@@ -416,6 +467,9 @@ class DemoStack:
         wait.crd_established(self.api, body["metadata"]["name"])
         namespace: Any = {"metadata": {"name": NAMESPACE}}  # the client sends dicts as JSON
         kubernetes.client.CoreV1Api(self.api).create_namespace(namespace)
+        if self.shared:
+            priority_class: Any = shared_priority_class()  # a dict, sent as JSON
+            kubernetes.client.SchedulingV1Api(self.api).create_priority_class(priority_class)
         port_file = self.workdir / "operator.port"
         proc = self.operator = _spawn("operator", [
             sys.executable, "-m", "k80s.operator", "--kubeconfig", str(self.kubeconfig), "--namespaces", NAMESPACE,
@@ -430,7 +484,7 @@ class DemoStack:
         import kubernetes.client
         import yaml
 
-        manifests = [model_deployment(c) for c in self.choices]
+        manifests = [model_deployment(c, shared=self.shared) for c in self.choices]
         (self.workdir / "modeldeployments.yaml").write_text(yaml.safe_dump_all(manifests, sort_keys=False))
         custom = kubernetes.client.CustomObjectsApi(self.api)
         for body in manifests:
@@ -464,7 +518,9 @@ class DemoStack:
             if raw:
                 with contextlib.suppress(InvalidSpec):
                     inventory = NodeInventory.from_json(raw)
-            nodes.append(NodeView(name, inventory))
+            # the plugin labels the node; until it has, the mode it was started in
+            mode = ((node.metadata.labels or {}) if node is not None else {}).get(MODE_LABEL) or self.mode
+            nodes.append(NodeView(name, inventory, mode))
         serialize: Callable[[Any], dict[str, Any]] = self.api.sanitize_for_serialization
         pods = tuple(serialize(p) for p in core.list_namespaced_pod(NAMESPACE).items)
         listing: Any = custom.list_namespaced_custom_object("k80s.io", "v1alpha1", NAMESPACE, "modeldeployments")
@@ -663,9 +719,16 @@ def _footer(stack: DemoStack, keep: bool, running: bool) -> list[str]:
 @click.option("--nodes", "node_count", type=click.IntRange(1, 16), default=DEFAULT_NODES, show_default=True,
               help="Simulated K80 nodes.")
 @click.option("--shape", default=DEFAULT_SHAPE, show_default=True, help="Node shape <boards>xK80 (2xK80 = 4 dies).")
-@click.option("--models", default=DEFAULT_MODELS, show_default=True,
+@click.option("--models", default=None,
               help="Comma-separated catalogue models, each with an optional @CTX (default 4096), "
-                   "e.g. gemma3:12b@8192. One ModelDeployment each (llama.cpp runtime).")
+                   "e.g. gemma3:12b@8192. One ModelDeployment each (llama.cpp runtime). "
+                   f"[default: {DEFAULT_MODELS}; with --shared: {DEFAULT_SHARED_MODELS}: two gemma3:12b "
+                   "mirrored on one board, three small models on one die, and gemma3:27b, which cannot "
+                   "share at 4096 tokens]")
+@click.option("--shared", is_flag=True,
+              help="Shared dies: the device plugins run in --mode shared and every ModelDeployment has "
+                   "spec.sharing: shared, so several model pods use one die by the MiB their plan needs; "
+                   "the view shows the slots on each die and compares the dies used with whole-die placement.")
 @click.option("--keep", is_flag=True,
               help="Keep everything running after the table settles; Ctrl-C (or SIGTERM) in this terminal stops it.")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -677,8 +740,8 @@ def _footer(stack: DemoStack, keep: bool, running: bool) -> list[str]:
 @click.option("--bin-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Control-plane binaries cache (default: $K80S_TEST_BIN_DIR, else "
                    "~/.cache/k80s/test-bins/k8s-v1.36.3-etcd-v3.6.13); built there if missing (needs Go >= 1.26).")
-def demo(node_count: int, shape: str, models: str, keep: bool, workdir: Path | None, no_live: bool,
-         timeout_s: float, bin_dir: Path | None) -> None:
+def demo(node_count: int, shape: str, models: str | None, shared: bool, keep: bool, workdir: Path | None,
+         no_live: bool, timeout_s: float, bin_dir: Path | None) -> None:
     """Run k80s on this machine with simulated K80 nodes and show where the models went.
 
     Starts a real local Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager,
@@ -686,7 +749,9 @@ def demo(node_count: int, shape: str, models: str, keep: bool, workdir: Path | N
     of minutes), simulated K80 nodes with the k80s device plugin, the scheduler extender, the `k80s`
     kube-scheduler profile and the operator, applies one ModelDeployment per model, and shows
     nodes → boards → dies with the model on each die, its split and estimate next to the
-    round-robin plan (upstream-v0.11.4) it replaced.
+    round-robin plan (upstream-v0.11.4) it replaced. With --shared the nodes are a shared pool:
+    each die lists the pods sharing it with their MiB, and the summary compares the dies used with
+    whole-die placement of the same ModelDeployments.
 
     Without --keep it stops everything and exits once every ModelDeployment is placed or can never
     be (or after --timeout: exit 1). With --keep it runs until Ctrl-C. Ctrl-C at any point tears
@@ -694,7 +759,7 @@ def demo(node_count: int, shape: str, models: str, keep: bool, workdir: Path | N
     the log path, exit 1.
     """
     try:
-        choices = parse_models(models)
+        choices = parse_models(models if models is not None else DEFAULT_SHARED_MODELS if shared else DEFAULT_MODELS)
         parse_node_shape(shape)
     except InvalidSpec as exc:
         raise click.BadParameter(exc.problem, param_hint=exc.path if exc.path.startswith("--") else "--shape") from None
@@ -712,7 +777,7 @@ def demo(node_count: int, shape: str, models: str, keep: bool, workdir: Path | N
             signal.signal(signum, _raise_signalled)
     try:
         with _exclusive(path):
-            stack = DemoStack(path, cache, node_count, shape, choices)
+            stack = DemoStack(path, cache, node_count, shape, choices, shared=shared)
             code, error = _run(stack, out, live, keep, timeout_s, cache)
     finally:
         for signum, handler in previous.items():
@@ -733,7 +798,8 @@ def _run(stack: DemoStack, out: Console, live: bool, keep: bool, timeout_s: floa
     ui = _Ui(out, live)
     try:
         with ui:
-            ui.say(f"k80s demo: {_count(len(stack.node_names), f'simulated {stack.shape} node')} ({boards} boards, "
+            ui.say(f"k80s demo: {_count(len(stack.node_names), f'simulated {stack.shape}{stack.mode_text} node')} "
+                   f"({boards} boards, "
                    f"{2 * boards} dies), {_count(len(stack.choices), 'ModelDeployment')}; "
                    f"work directory {stack.workdir}", "bold")
             missing = binaries.missing(cache)
@@ -747,7 +813,7 @@ def _run(stack: DemoStack, out: Console, live: bool, keep: bool, timeout_s: floa
             with ui.step("control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler"):
                 stack.start_control_plane()
             nodes = _count(len(stack.node_names), f"simulated {stack.shape} node")
-            with ui.step(f"{nodes} with device-plugin processes"):
+            with ui.step(f"{nodes} with device-plugin processes" + (" (--mode shared)" if stack.shared else "")):
                 stack.start_nodes()
             with ui.step("scheduler extender"):
                 port = stack.start_extender()
@@ -775,7 +841,7 @@ def _run(stack: DemoStack, out: Console, live: bool, keep: bool, timeout_s: floa
         try:
             snapshot = ui.snapshot
             if snapshot is not None and snapshot is not ui.printed:  # the final table (the live view is gone)
-                header = (f"k80s demo: {len(stack.node_names)} × {stack.shape}, "
+                header = (f"k80s demo: {len(stack.node_names)} × {stack.shape}{stack.mode_text}, "
                           f"{_count(len(stack.choices), 'ModelDeployment')}, "
                           f"{'settled' if ui.settled else 'not settled'} after {snapshot.elapsed_s:.0f} s")
                 out.print(render_result(snapshot, header, _footer(stack, keep, running=False)))
@@ -819,7 +885,7 @@ def _watch(stack: DemoStack, ui: _Ui, rr: Mapping[str, PlanSummary], keep: bool,
             else:
                 settled, stuck_since, stuck_state = False, None, ""
             done = sum(p == DONE for p in phases)
-            header = (f"k80s demo · {len(stack.node_names)} × {stack.shape} · "
+            header = (f"k80s demo · {len(stack.node_names)} × {stack.shape}{stack.mode_text} · "
                       f"{snapshot.elapsed_s:.0f} s since start · "
                       f"{done} of {len(stack.choices)} ModelDeployments settled"
                       + (" · Ctrl-C stops everything" if keep else ""))

@@ -8,6 +8,12 @@ renderables out. It talks to no cluster and starts nothing; `k80s.demo` gathers 
 Die order: a pod's dies in CUDA order are its dies sorted by index on the node (the order the
 device plugin's Allocate returns); the i-th die carries `tensorSplit[i]` layers and
 `perDieBytes[i]` of the estimate, and the last one is the primary (design.md, Die order).
+
+Shared nodes (`k80s.io/mode=shared`, docs/sharing.md): a die holds *slots* of several pods. Who
+holds what comes from the pods' `k80s.io/assignment` (the binder's dies in slot order, each with
+its MiB), so the MiB shown are exactly what the extender reserved; a die no visible pod names
+falls back to the inventory's `reservedMiB`/`sharedBy`. The summary then compares the dies
+holding slots with what whole-die placement of the same ModelDeployments would take.
 """
 
 from __future__ import annotations
@@ -24,8 +30,20 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from k80s.core.errors import InvalidSpec
 from k80s.core.estimate import Estimate
 from k80s.core.inventory import NodeInventory
+from k80s.core.sharing import (
+    ASSIGNMENT,
+    EXCLUSIVE,
+    SHARE_CONTEXT_MIB,
+    SHARE_MARGIN_MIB,
+    SHARED,
+    SHARES,
+    Assignment,
+    SharePlan,
+    shareable_mib,
+)
 from k80s.core.units import GIB
 
 MODEL_DEPLOYMENT_LABEL: Final = "k80s.io/model-deployment"
@@ -89,11 +107,16 @@ class PlanSummary:
 
 @dataclass(frozen=True, slots=True)
 class NodeView:
-    """One node as the demo reads it: its name and its `k80s.io/dies` inventory (None until the
-    device plugin has published it)."""
+    """One node as the demo reads it: its name, its `k80s.io/dies` inventory (None until the
+    device plugin has published it) and its `k80s.io/mode` (exclusive unless labelled shared)."""
 
     name: str
     inventory: NodeInventory | None
+    mode: str = EXCLUSIVE
+
+    @property
+    def shared(self) -> bool:
+        return self.mode == SHARED
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +212,99 @@ def die_rows(
     return rows
 
 
+# -- shared dies ------------------------------------------------------------------------------
+
+TERMINAL_PHASES: Final = ("Succeeded", "Failed")
+
+
+@dataclass(frozen=True, slots=True)
+class ShareRow:
+    """One pod's slot on a shared die."""
+
+    holder: str  # ModelDeployment name ('' = a pod we do not see)
+    pod: str  # namespace/pod
+    slot: int  # position in the pod's slot order (-1: unknown, from the inventory only)
+    slots: int  # how many slots the pod has
+    mib: int | None  # what the binder reserved for it here (None: unknown)
+    layers: int | None = None
+
+    @property
+    def primary(self) -> bool:
+        """The last of two or more slots: the seed's primary (holds the output)."""
+        return self.slots > 1 and self.slot == self.slots - 1
+
+
+@dataclass(frozen=True, slots=True)
+class SharedDieRow:
+    node: str
+    board: int  # position of the board on the node (0, 1, …)
+    serial: str
+    index: int
+    uuid: str
+    health: str
+    offers_mib: int  # what the idle die offers to shares (11434 on a K80)
+    reserved_mib: int  # Σ of the slots on it
+    shares: tuple[ShareRow, ...] = ()
+    allocated_to: str | None = None  # held whole (should not happen on a shared node)
+
+
+def pod_assignment(pod: Mapping[str, Any]) -> Assignment | None:
+    """The binder's `k80s.io/assignment` of a non-terminal pod bound to its node, else None (a
+    broken one is left out, as the plugin and the extender leave it out of the ledger)."""
+    meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+    raw = (meta.get("annotations") or {}).get(ASSIGNMENT)
+    if not raw or (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
+        return None
+    try:
+        assignment = Assignment.from_json(raw)
+    except InvalidSpec:
+        return None
+    return assignment if assignment.node == spec.get("nodeName") else None
+
+
+def _slot_layers(pod: Mapping[str, Any], mds: Mapping[str, Mapping[str, Any]]) -> tuple[int, ...]:
+    """Layers per slot: the plan's split without the dies that hold none (share_plan's rule)."""
+    plan = _pod_estimate(pod, mds)
+    return tuple(n for n in plan.split if n > 0) if plan is not None else ()
+
+
+def shared_die_rows(
+    nodes: Sequence[NodeView], pods: Sequence[Mapping[str, Any]], mds: Sequence[Mapping[str, Any]]
+) -> list[SharedDieRow]:
+    """One row per die of the shared nodes, nodes in the given order, dies by index, each with the
+    slots the pods' assignments put there (slot order: the pod's first slot first)."""
+    mds_by_name = {_name(m): m for m in mds}
+    on_die: dict[tuple[str, str], list[ShareRow]] = {}  # (node, uuid) → slots
+    for pod in pods:
+        assignment = pod_assignment(pod)
+        if assignment is None:
+            continue
+        key = f"{_namespace(pod)}/{_name(pod)}"
+        holder = ((pod.get("metadata") or {}).get("labels") or {}).get(MODEL_DEPLOYMENT_LABEL, "")
+        layers = _slot_layers(pod, mds_by_name)
+        for d in assignment.dies:
+            on_die.setdefault((assignment.node, d.uuid), []).append(ShareRow(
+                holder, key, d.slot, len(assignment.dies), d.mib,
+                layers[d.slot] if d.slot < len(layers) else None))
+    rows: list[SharedDieRow] = []
+    for node in nodes:
+        if node.inventory is None or not node.shared:
+            continue
+        dies = sorted(node.inventory.dies, key=lambda d: d.index)
+        boards: dict[str, int] = {}
+        for die in dies:
+            boards.setdefault(die.board, len(boards))
+        for die in dies:
+            shares = tuple(sorted(on_die.get((node.name, die.uuid), ()), key=lambda r: r.pod))
+            reserved = sum(r.mib or 0 for r in shares)
+            if not shares and die.shared_by:  # holders we do not see: the plugin's ledger
+                shares = tuple(ShareRow("", key, -1, 0, None) for key in die.shared_by)
+                reserved = die.reserved_mib
+            rows.append(SharedDieRow(node.name, boards[die.board], die.board, die.index, die.uuid, die.health,
+                                     shareable_mib(die), reserved, shares, die.allocated_to))
+    return rows
+
+
 @dataclass(frozen=True, slots=True)
 class ConditionView:
     status: str  # "True", "False", "Unknown", "" (not reported yet)
@@ -211,15 +327,26 @@ class ModelRow:
     dies_placed: int
 
     @property
+    def cannot_share(self) -> bool:
+        """Fits=False although the estimate fits: shared, a slot exceeds what one die offers."""
+        return self.condition("Fits").status == "False" and self.k80s is not None and self.k80s.fits
+
+    @property
+    def comparable(self) -> bool:
+        """Both plans fit and the operator did not refuse it (a plan that cannot share saves nothing)."""
+        return (self.k80s is not None and self.round_robin is not None and self.k80s.fits
+                and self.round_robin.fits and not self.cannot_share)
+
+    @property
     def saved_bytes(self) -> int | None:
         """Memory the k80s plan books less than round-robin, per replica (negative: more)."""
-        if self.k80s is None or self.round_robin is None or not (self.k80s.fits and self.round_robin.fits):
+        if not self.comparable or self.k80s is None or self.round_robin is None:
             return None
         return self.round_robin.vram_bytes - self.k80s.vram_bytes
 
     @property
     def saved_dies(self) -> int | None:
-        if self.k80s is None or self.round_robin is None or not (self.k80s.fits and self.round_robin.fits):
+        if not self.comparable or self.k80s is None or self.round_robin is None:
             return None
         return self.round_robin.dies - self.k80s.dies
 
@@ -300,6 +427,74 @@ def summary_line(s: Summary) -> str:
     text += f"{gib:.1f} GiB saved" if gib >= 0 else f"{-gib:.1f} GiB more booked"
     if s.round_robin_unfit:
         text += f" ({', '.join(s.round_robin_unfit)}: round-robin would not fit at all, counted at the k80s dies)"
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class SharedSummary:
+    models: int
+    models_placed: int  # every wanted slot placed
+    dies_total: int  # on the shared nodes
+    dies_shared: int  # holding at least one slot of the placed ModelDeployments
+    dies_exclusive: int  # whole-die placement of the same ModelDeployments: the plan's dies per replica
+    dies_multi: int  # holding slots of two or more pods
+    context_mib: int  # charged per slot on top of the plan's bytes
+    margin_mib: int
+    cannot_share: tuple[str, ...] = ()  # the plan fits whole dies, but a slot exceeds what a die offers
+
+
+def share_costs(pods: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
+    """(context, margin) MiB per slot, as the pods' `k80s.io/shares` say when they agree, else the
+    defaults (k80s.core.sharing.SHARE_CONTEXT_MIB, SHARE_MARGIN_MIB)."""
+    seen = set()
+    for pod in pods:
+        raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(SHARES)
+        if raw:
+            try:
+                plan = SharePlan.from_json(raw)
+            except InvalidSpec:
+                continue
+            seen.add((plan.context_mib, plan.margin_mib))
+    return next(iter(seen)) if len(seen) == 1 else (SHARE_CONTEXT_MIB, SHARE_MARGIN_MIB)
+
+
+def shared_summarize(rows: Sequence[ModelRow], dies: Sequence[SharedDieRow],
+                     pods: Sequence[Mapping[str, Any]] = ()) -> SharedSummary:
+    """Dies holding the placed ModelDeployments' slots against the dies their plans would take
+    whole (the estimate's diesUsed per replica, as on an exclusive node)."""
+    placed = [r for r in rows if r.condition("Fits").status != "False" and r.k80s is not None and r.k80s.fits
+              and r.dies_wanted and r.dies_placed >= r.dies_wanted]
+    names = {r.name for r in placed}
+    context, margin = share_costs(pods)
+    return SharedSummary(
+        models=len(rows),
+        models_placed=len(placed),
+        dies_total=len(dies),
+        dies_shared=len({(d.node, d.uuid) for d in dies if any(s.holder in names for s in d.shares)}),
+        dies_exclusive=sum(r.k80s.dies * r.replicas for r in placed if r.k80s is not None),
+        dies_multi=sum(1 for d in dies if len({s.pod for s in d.shares}) >= 2),
+        context_mib=context,
+        margin_mib=margin,
+        cannot_share=tuple(r.name for r in rows if r.cannot_share),
+    )
+
+
+def shared_summary_line(s: SharedSummary) -> str:
+    """e.g. 'k80s placed 3 of 4 models on 3 of 4 shared dies (1 holds slots of 2+ pods); whole-die
+    (exclusive) placement of the same ModelDeployments would need 5: 2 dies saved (each slot: the
+    plan's bytes + 68 MiB CUDA context + 256 MiB margin, assumed)'."""
+    text = (f"k80s placed {s.models_placed} of {s.models} model{'s' if s.models != 1 else ''} on "
+            f"{s.dies_shared} of {s.dies_total} shared dies ({s.dies_multi} "
+            f"{'holds' if s.dies_multi == 1 else 'hold'} slots of 2+ pods)")
+    if s.models_placed:
+        saved = s.dies_exclusive - s.dies_shared
+        text += f"; whole-die (exclusive) placement of the same ModelDeployments would need {s.dies_exclusive}: "
+        text += (f"{saved} {'die' if saved == 1 else 'dies'} saved" if saved >= 0
+                 else f"{-saved} {'die' if saved == -1 else 'dies'} fewer")
+        text += (f" (each slot: the plan's bytes + {s.context_mib} MiB CUDA context + {s.margin_mib} MiB margin, "
+                 f"assumed until measured on a K80)")
+    if s.cannot_share:
+        text += f"; cannot share (a slot exceeds one die): {', '.join(s.cannot_share)}"
     return text
 
 
@@ -432,6 +627,49 @@ def die_table(rows: Sequence[DieRow], nodes: Sequence[NodeView]) -> Table:
     return table
 
 
+def shared_die_table(rows: Sequence[SharedDieRow], nodes: Sequence[NodeView]) -> Table:
+    """One line per slot on a die (a free die: one line), the die's reserved / offered MiB on its
+    first line."""
+    table = Table(title="nodes → boards → dies (shared: the slots on each die, MiB)", title_justify="left")
+    for col, justify in (("node", "left"), ("board", "right"), ("die", "right"), ("reserved/offers", "right"),
+                         ("held by", "left"), ("layers", "right"), ("MiB", "right")):
+        table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    table.add_column("pod", overflow="ellipsis")
+    by_node: dict[str, list[SharedDieRow]] = {}
+    for r in rows:
+        by_node.setdefault(r.node, []).append(r)
+    for n, node in enumerate(nodes):
+        node_rows = by_node.get(node.name, [])
+        if not node_rows:
+            table.add_row(node.name, Text("waiting for the device plugin's inventory", style="dim"), "", "", "", "",
+                          "", "", end_section=n < len(nodes) - 1)
+            continue
+        first_line, last_board = True, None
+        for i, r in enumerate(node_rows):
+            board = str(r.board) if r.board != last_board else ""
+            last_board = r.board
+            room = Text(f"{r.reserved_mib}/{r.offers_mib}", style="bold" if len(r.shares) > 1 else "")
+            lines: list[tuple[Text, str, str, str]] = []
+            if r.health != "Healthy":
+                lines.append((Text("unhealthy", style="red"), "", "", ""))
+            elif r.allocated_to:
+                lines.append((Text(f"whole: {r.allocated_to}", style="yellow"), "", "", ""))
+            for share in r.shares:
+                holder = Text(share.holder or share.pod, style="bold cyan" if share.holder else "cyan")
+                if share.primary:
+                    holder.append(" (primary)", style="dim")
+                lines.append((holder, "" if share.layers is None else str(share.layers),
+                              "?" if share.mib is None else str(share.mib), share.pod.split("/", 1)[-1]))
+            if not lines:
+                lines.append((Text("free", style="dim"), "", "", ""))
+            for j, (holder, layers, mib, pod) in enumerate(lines):
+                table.add_row(node.name if first_line else "", board if j == 0 else "", str(r.index) if j == 0 else "",
+                              room if j == 0 else "", holder, layers, mib, Text(pod, style="dim"),
+                              end_section=i == len(node_rows) - 1 and j == len(lines) - 1)
+                first_line = False
+    return table
+
+
 def _condition_text(c: ConditionView) -> Text:
     """✓ True, ✗ False, ? Unknown, … not reported yet (the reasons are listed under the table)."""
     if c.status == "True":
@@ -445,6 +683,8 @@ def _condition_text(c: ConditionView) -> Text:
 
 def _saved_text(row: ModelRow) -> Text:
     saved = row.saved_bytes
+    if row.cannot_share:
+        return Text("cannot share", style="yellow")
     if saved is None:
         if row.k80s is not None and row.k80s.fits and row.round_robin is not None and not row.round_robin.fits:
             return Text("round-robin does not fit", style="green")
@@ -525,15 +765,26 @@ class Snapshot:
 
 
 def render_result(snapshot: Snapshot, header: str = "", footer: Sequence[str] = ()) -> RenderableType:
-    """The die table, the ModelDeployment table, problems, the summary line and the footer lines."""
+    """The die table (shared nodes: the slots on each die), the ModelDeployment table, problems, the
+    summary line (shared nodes: against whole-die placement) and the footer lines."""
     rows = model_rows(snapshot.mds, snapshot.round_robin)
     parts: list[RenderableType] = []
     if header:
         parts.append(Text(header, style="bold"))
-    parts.append(die_table(die_rows(snapshot.nodes, snapshot.pods, snapshot.mds), snapshot.nodes))
+    whole = tuple(n for n in snapshot.nodes if not n.shared)
+    shared = tuple(n for n in snapshot.nodes if n.shared)
+    if whole or not shared:
+        parts.append(die_table(die_rows(whole, snapshot.pods, snapshot.mds), whole))
+    shared_rows = shared_die_rows(shared, snapshot.pods, snapshot.mds)
+    if shared:
+        parts.append(shared_die_table(shared_rows, shared))
     parts.append(model_table(rows))
     for line in problems(rows):
         parts.append(Text(line, style="yellow"))
-    parts.append(Text(summary_line(summarize(rows, snapshot.dies_total)), style="bold green"))
+    if shared:
+        parts.append(Text(shared_summary_line(shared_summarize(rows, shared_rows, snapshot.pods)),
+                          style="bold green"))
+    else:
+        parts.append(Text(summary_line(summarize(rows, snapshot.dies_total)), style="bold green"))
     parts.extend(Text(line) for line in footer)
     return Group(*parts)

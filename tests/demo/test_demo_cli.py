@@ -51,3 +51,33 @@ def test_no_go_toolchain_is_one_line_with_the_log_path(tmp_path: Path) -> None:
     assert "A cold build takes tens of minutes" in done.stdout
     assert "Traceback" not in done.stdout + done.stderr
     assert not (work / "etcd").exists() and not (work / "kubeconfig").exists()
+
+
+def test_shared_refuses_bad_models_before_anything_starts(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["demo", "--shared", "--workdir", str(tmp_path / "w"), "--models", "nosuch:1b"])
+    assert result.exit_code == 2
+    assert "Invalid value for --models: 'nosuch:1b' is not in the catalogue" in result.output
+    assert not (tmp_path / "w").exists()
+
+
+def test_help_documents_shared_and_its_default_mix() -> None:
+    from k80s.demo import DEFAULT_SHARED_MODELS
+
+    result = CliRunner().invoke(main, ["demo", "--help"], terminal_width=400)
+    assert result.exit_code == 0
+    assert "--shared" in result.output and "spec.sharing: shared" in result.output
+    assert f"with --shared: {DEFAULT_SHARED_MODELS}" in " ".join(result.output.split())
+
+
+def test_shared_without_models_runs_the_shared_mix_on_shared_nodes(tmp_path: Path) -> None:
+    """The first line names the shared pool and the six ModelDeployments of the default mix (the
+    run then stops at the missing Go toolchain, before any cluster piece)."""
+    env = {**os.environ, "PATH": str(tmp_path / "no-tools-here")}
+    env.pop("K80S_TEST_BIN_DIR", None)
+    done = subprocess.run(
+        [sys.executable, "-c", "from k80s.cli import main; main()", "demo", "--shared", "--no-live", "--bin-dir",
+         str(tmp_path / "bins"), "--workdir", str(tmp_path / "work")],
+        capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stdout.splitlines()[0].startswith(
+        "k80s demo: 3 simulated 2xK80 shared nodes (6 boards, 12 dies), 6 ModelDeployments; work directory")
