@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Self
 
 import kubernetes.client
 import kubernetes.watch
@@ -88,19 +89,29 @@ def violations(nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, A
 
 
 class InvariantWatch:
-    """Checks `violations` on every Pod watch event in `namespace` until stopped."""
+    """Checks `violations` on every Pod watch event in `namespace` until stopped.
+
+    The pods come from the watch itself (the state as of each event, no list per event, so the
+    checker keeps up with a burst); the nodes are read at each event. It also checks what only a
+    transition shows: a pod that becomes bound must not name a die its node marks Unhealthy.
+    `caught_up()` waits until it has seen the namespace's current state.
+    """
 
     def __init__(self, api: kubernetes.client.ApiClient, namespace: str) -> None:
         self._core = kubernetes.client.CoreV1Api(api)
         self._namespace = namespace
         self._watch = kubernetes.watch.Watch()
         self._stop = threading.Event()
+        self._started = threading.Event()
+        self._lock = threading.Lock()
+        self._pods: dict[str, dict[str, Any]] = {}
         self.events = 0
         self.found: list[str] = []
         self._thread = threading.Thread(target=self._run, name="invariants", daemon=True)
 
-    def __enter__(self) -> InvariantWatch:
+    def __enter__(self) -> Self:
         self._thread.start()
+        self._started.wait(30)
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -109,21 +120,81 @@ class InvariantWatch:
         self._thread.join(timeout=10)
 
     def check_now(self) -> list[str]:
-        api = self._core.api_client
-        nodes = api.sanitize_for_serialization(self._core.list_node()).get("items", [])
-        pods = api.sanitize_for_serialization(self._core.list_namespaced_pod(self._namespace)).get("items", [])
-        return violations(nodes, pods)
+        return violations(self._nodes(), self._list()[1])
+
+    def caught_up(self, timeout_s: float = 30.0) -> int:
+        """Returns the number of events checked once the watch's pods equal a fresh list's."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            listed = {p["metadata"]["uid"]: p["metadata"]["resourceVersion"] for p in self._list()[1]}
+            with self._lock:
+                seen = {uid: p["metadata"]["resourceVersion"] for uid, p in self._pods.items()}
+            if seen == listed:
+                return self.events
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the invariant watch is behind: {len(seen)} pods seen, {len(listed)} listed")
+            time.sleep(0.2)
+
+    def _list(self) -> tuple[str, list[dict[str, Any]]]:
+        response: Any = self._core.list_namespaced_pod(self._namespace, _preload_content=False)
+        data = json.loads(response.data)
+        return data["metadata"]["resourceVersion"], data["items"]
+
+    def _nodes(self) -> list[dict[str, Any]]:
+        response: Any = self._core.list_node(_preload_content=False)
+        return list(json.loads(response.data)["items"])
+
+    def _note(self, problems: Iterable[str]) -> None:
+        for problem in problems:
+            if problem not in self.found:
+                self.found.append(problem)
+
+    def _check(self, newly_bound: Mapping[str, Any] | None) -> None:
+        nodes = self._nodes()
+        with self._lock:
+            pods = list(self._pods.values())
+        self._note(violations(nodes, pods))
+        if newly_bound is not None:
+            self._note(bound_to_unhealthy(nodes, newly_bound))
 
     def _run(self) -> None:
+        resource_version: str | None = None
         while not self._stop.is_set():
             try:
-                for _event in self._watch.stream(self._core.list_namespaced_pod, self._namespace, timeout_seconds=30):
+                if resource_version is None:
+                    resource_version, items = self._list()
+                    with self._lock:
+                        self._pods = {p["metadata"]["uid"]: p for p in items}
+                    self._check(None)
+                    self._started.set()
+                for event in self._watch.stream(self._core.list_namespaced_pod, self._namespace, deserialize=False,
+                                                resource_version=resource_version, timeout_seconds=30):
+                    pod = event["object"]
+                    resource_version = pod["metadata"]["resourceVersion"]
+                    uid = pod["metadata"]["uid"]
+                    with self._lock:
+                        before = self._pods.pop(uid, None)
+                        if event["type"] != "DELETED":
+                            self._pods[uid] = pod
                     self.events += 1
-                    for problem in self.check_now():
-                        if problem not in self.found:
-                            self.found.append(problem)
+                    bound_now = pod.get("spec", {}).get("nodeName") and not (before or {}).get("spec", {}).get("nodeName")
+                    self._check(pod if bound_now and event["type"] != "DELETED" else None)
                     if self._stop.is_set():
                         return
-            except Exception:  # noqa: BLE001 - the apiserver may restart under a fault test; watch again
+            except Exception:  # noqa: BLE001 - 410 Gone or the apiserver restarting under a fault test: relist
+                resource_version = None
                 if self._stop.wait(0.5):
                     return
+
+
+def bound_to_unhealthy(nodes: Iterable[Mapping[str, Any]], pod: Mapping[str, Any]) -> list[str]:
+    """A pod just bound must not hold a die its node marks Unhealthy (the binder excludes them)."""
+    text = _annotations(pod).get("k80s.io/assignment")
+    node = pod.get("spec", {}).get("nodeName")
+    if not text:
+        return []
+    inventory = next((_annotations(n).get("k80s.io/dies") for n in nodes if n["metadata"]["name"] == node), None)
+    health = {d["uuid"]: d.get("health") for d in json.loads(inventory or '{"dies":[]}')["dies"]}
+    name = f"{pod['metadata'].get('namespace')}/{pod['metadata']['name']}"
+    return [f"{name}: bound to die {d['uuid']}, which {node} marks Unhealthy"
+            for d in json.loads(text)["dies"] if health.get(d["uuid"]) == "Unhealthy"]

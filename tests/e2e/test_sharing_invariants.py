@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.sharing_invariants import violations
+from tests.e2e.sharing_invariants import bound_to_unhealthy, violations
 
 UUIDS = ("GPU-a", "GPU-b", "GPU-c")
 
@@ -63,3 +63,14 @@ def test_canonical_quantities_are_read() -> None:
     from tests.e2e.sharing_invariants import _mib
 
     assert (_mib("1k"), _mib("10634"), _mib("2Ki"), _mib(None)) == (1000, 10634, 2048, 0)
+
+
+def test_a_newly_bound_pod_on_an_unhealthy_die_is_reported() -> None:
+    sick = node()
+    inventory = json.loads(sick["metadata"]["annotations"]["k80s.io/dies"])
+    inventory["dies"][1]["health"] = "Unhealthy"
+    sick["metadata"]["annotations"]["k80s.io/dies"] = json.dumps(inventory)
+    on_both = pod("g0", [("GPU-a", 934), ("GPU-b", 10181)])
+    assert bound_to_unhealthy([sick], on_both) == ["ns/g0: bound to die GPU-b, which n1 marks Unhealthy"]
+    assert bound_to_unhealthy([node()], on_both) == []
+    assert bound_to_unhealthy([sick], pod("g1", [("GPU-a", 5000)], same_board=False)) == []
