@@ -29,6 +29,8 @@ from tests.chart.helm import CHART, template
     (["image.digest=latest"], "digest"),
     (["autoscaling.nodeGroups[0].name=big", "autoscaling.nodeGroups[0].shape=4xP100"], "shape"),
     (["autoscaling.nodeGroups[0].shape=4xK80"], "name"),
+    (["autoscaling.nodeGroups[0].name=big", "autoscaling.nodeGroups[0].shape=4xK80",
+      "autoscaling.nodeGroups[0].pool=Shared_Pool"], "pool"),
     (["metrics.serviceMonitor.interval=often"], "interval"),
 ])
 def test_wrong_values_are_refused(sets: list[str], fragment: str) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from k80s.core.sharing import DIE_MAJOR_RESOURCE, MODE_LABEL, SHAREABLE_DIE_MIB, SHARED, VRAM_RESOURCE
 from k80s.extender import schedconfig
 from tests.chart.helm import CHART, NAMESPACE, Rendered, container, env_of, helm, notes, render, template
 
@@ -501,6 +502,74 @@ def test_autoscaling_without_a_startup_taint(tmp_path: Path) -> None:
     data = render(values=values, tmp=tmp_path).get("ConfigMap", f"{FULL}-autoscaling")["data"]
     assert not any("taint" in k for k in yaml.safe_load(data["k80s-4xk80.aws-asg-tags.yaml"]))
     assert "register-with-taints" not in data["k80s-4xk80.kubelet-flags"]
+
+
+GROUP_POOLS = {"plugin": {"pools": [
+    {"name": "whole", "mode": "exclusive", "nodeSelector": {"example.com/k80-pool": "exclusive"}},
+    {"name": "shared", "mode": "shared", "nodeSelector": {"example.com/k80-pool": "shared"}},
+]}}
+
+
+def test_a_node_group_of_a_shared_pool_declares_vram_mib_and_die_major(tmp_path: Path) -> None:
+    values = {**GROUP_POOLS, "autoscaling": {"nodeGroups": [
+        {"name": "shared-4xk80", "shape": "4xK80", "pool": "shared", "cpu": "32"},
+        {"name": "whole-2xk80", "shape": "2xK80", "pool": "whole"},
+    ]}}
+    data = render(values=values, tmp=tmp_path).get("ConfigMap", f"{FULL}-autoscaling")["data"]
+    aws = yaml.safe_load(data["shared-4xk80.aws-asg-tags.yaml"])
+    assert aws == {
+        # 4 boards × 2 dies × what one idle die offers to shares; a die-major per die.
+        f"k8s.io/cluster-autoscaler/node-template/resources/{VRAM_RESOURCE}": str(8 * SHAREABLE_DIE_MIB),
+        f"k8s.io/cluster-autoscaler/node-template/resources/{DIE_MAJOR_RESOURCE}": "8",
+        f"k8s.io/cluster-autoscaler/node-template/label/{MODE_LABEL}": SHARED,
+        "k8s.io/cluster-autoscaler/node-template/label/example.com/k80-pool": "shared",  # the pool's nodeSelector
+        "k8s.io/cluster-autoscaler/node-template/taint/startup-taint.cluster-autoscaler.kubernetes.io/k80s": "true:NoSchedule",
+    }
+    assert aws[f"k8s.io/cluster-autoscaler/node-template/resources/{VRAM_RESOURCE}"] == "91472"
+    capi_text = data["shared-4xk80.cluster-api-annotations.yaml"]
+    # Cluster API has one extended resource: nothing that would under-declare a shared node.
+    assert yaml.safe_load(capi_text) == {
+        "capacity.cluster-autoscaler.kubernetes.io/labels": "example.com/k80-pool=shared,k80s.io/mode=shared",
+        "capacity.cluster-autoscaler.kubernetes.io/taints": "startup-taint.cluster-autoscaler.kubernetes.io/k80s=true:NoSchedule",
+        "capacity.cluster-autoscaler.kubernetes.io/cpu": "32",
+    }
+    assert "# pool shared (shared mode)" in capi_text and "minimum size >= 1" in capi_text
+    # The plugin writes k80s.io/mode: never a kubelet flag.
+    assert data["shared-4xk80.kubelet-flags"] == (
+        "--node-labels=example.com/k80-pool=shared "
+        "--register-with-taints=startup-taint.cluster-autoscaler.kubernetes.io/k80s=true:NoSchedule")
+    whole = yaml.safe_load(data["whole-2xk80.aws-asg-tags.yaml"])
+    assert whole["k8s.io/cluster-autoscaler/node-template/resources/k80s.io/die"] == "4"
+    assert whole["k8s.io/cluster-autoscaler/node-template/label/example.com/k80-pool"] == "exclusive"
+    assert not any(VRAM_RESOURCE in k or MODE_LABEL in k for k in whole)
+    assert yaml.safe_load(data["whole-2xk80.cluster-api-annotations.yaml"])[
+        "capacity.cluster-autoscaler.kubernetes.io/gpu-count"] == "4"
+    text = notes(values=values, tmp=tmp_path)
+    assert "shared-4xk80 (4xK80, 8 dies per node, pool shared, shared mode)" in text
+    assert "k8s.io/cluster-autoscaler/node-template/resources/k80s.io/vram-mib: \"91472\"" in text
+    assert "keep this node group's minimum size >= 1" in text
+    assert "whole-2xk80 (2xK80, 4 dies per node, pool whole, exclusive mode)" in text
+
+
+def test_explicit_node_group_labels_win_over_the_pools_selector(tmp_path: Path) -> None:
+    values = {**GROUP_POOLS, "autoscaling": {"nodeGroups": [
+        {"name": "s", "shape": "1xK80", "pool": "shared", "labels": {"lab.example.com/gpu": "k80"}}]}}
+    aws = yaml.safe_load(render(values=values, tmp=tmp_path).get("ConfigMap", f"{FULL}-autoscaling")["data"]
+                         ["s.aws-asg-tags.yaml"])
+    assert aws["k8s.io/cluster-autoscaler/node-template/label/lab.example.com/gpu"] == "k80"
+    assert "k8s.io/cluster-autoscaler/node-template/label/example.com/k80-pool" not in aws
+    assert aws[f"k8s.io/cluster-autoscaler/node-template/resources/{VRAM_RESOURCE}"] == str(2 * SHAREABLE_DIE_MIB)
+
+
+@pytest.mark.parametrize(("group", "message"), [
+    ({"name": "g", "shape": "4xK80"}, "autoscaling.nodeGroups: g needs pool: one of whole, shared"),
+    ({"name": "g", "shape": "4xK80", "pool": "nope"},
+     'autoscaling.nodeGroups: g names pool "nope", which plugin.pools does not list (pools: whole, shared)'),
+], ids=["missing-pool", "unknown-pool"])
+def test_a_node_group_must_name_a_pool_when_it_is_ambiguous(group: dict[str, Any], message: str,
+                                                           tmp_path: Path) -> None:
+    result = template(values={**GROUP_POOLS, "autoscaling": {"nodeGroups": [group]}}, tmp=tmp_path)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
 
 
 # ------------------------------------------------------------------------------------------------

@@ -131,26 +131,59 @@ podAntiAffinity:
 
 {{/*
 cluster-autoscaler node-group templates of one autoscaling.nodeGroups entry, as YAML:
+  dies, mode, pool: 2 × boards; the mode of the group's pool (`pool`, or the only plugin.pools entry)
   aws:        AWS Auto Scaling group tags
-  clusterApi: Cluster API MachineDeployment / MachineSet annotations
+  clusterApi: Cluster API MachineDeployment / MachineSet annotations (clusterApiNote: what they miss)
   kubelet:    kubelet flags that register the node with the labels and the startup taint
-Call with (dict "ctx" $ "group" $group).
+An exclusive node offers k80s.io/die = 2 × boards; a shared node k80s.io/vram-mib = 2 × boards ×
+11434 (what one idle die offers to shares, k80s.core.sharing.SHAREABLE_DIE_MIB) and
+k80s.io/die-major = 2 × boards, with the label k80s.io/mode=shared (the plugin writes it, so the
+template declares it; never a kubelet flag). Call with (dict "ctx" $ "group" $group).
 */}}
 {{- define "k80s.nodeGroupTemplate" -}}
 {{- $g := .group }}
 {{- $ctx := .ctx }}
+{{- $pools := $ctx.Values.plugin.pools | default list }}
+{{- $names := list }}
+{{- range $pools }}{{- $names = append $names .name }}{{- end }}
+{{- $pool := dict }}
+{{- if $g.pool }}
+{{- range $pools }}{{- if eq .name $g.pool }}{{- $pool = . }}{{- end }}{{- end }}
+{{- if not $pool }}
+{{- fail (printf "autoscaling.nodeGroups: %s names pool %q, which plugin.pools does not list (pools: %s)" $g.name $g.pool (join ", " $names)) }}
+{{- end }}
+{{- else if eq (len $pools) 1 }}
+{{- $pool = first $pools }}
+{{- else }}
+{{- fail (printf "autoscaling.nodeGroups: %s needs pool: one of %s (plugin.pools has %d pools; the pool's mode decides what the template declares)" $g.name (join ", " $names) (len $pools)) }}
+{{- end }}
+{{- $mode := $pool.mode | default "exclusive" }}
 {{- $dies := mul 2 (trimSuffix "xK80" $g.shape | int) }}
-{{- $labels := $g.labels | default $ctx.Values.plugin.nodeSelector | default dict }}
+{{- $labels := $g.labels | default (ternary $pool.nodeSelector $ctx.Values.plugin.nodeSelector (hasKey $pool "nodeSelector")) | default dict }}
 {{- $taint := $ctx.Values.plugin.startupTaint }}
-{{- $aws := dict "k8s.io/cluster-autoscaler/node-template/resources/k80s.io/die" (toString $dies) }}
-{{- $capi := dict "capacity.cluster-autoscaler.kubernetes.io/gpu-type" "k80s.io/die" "capacity.cluster-autoscaler.kubernetes.io/gpu-count" (toString $dies) }}
+{{- $aws := dict }}
+{{- $capi := dict }}
+{{- $note := "" }}
 {{- $pairs := list }}
 {{- range $k, $v := $labels }}
 {{- $_ := set $aws (printf "k8s.io/cluster-autoscaler/node-template/label/%s" $k) (toString $v) }}
 {{- $pairs = append $pairs (printf "%s=%s" $k $v) }}
 {{- end }}
-{{- if $pairs }}
-{{- $_ := set $capi "capacity.cluster-autoscaler.kubernetes.io/labels" (join "," $pairs) }}
+{{- $templateLabels := $pairs }}
+{{- if eq $mode "shared" }}
+{{- $vram := mul $dies 11434 }}
+{{- $_ := set $aws "k8s.io/cluster-autoscaler/node-template/resources/k80s.io/vram-mib" (toString $vram) }}
+{{- $_ := set $aws "k8s.io/cluster-autoscaler/node-template/resources/k80s.io/die-major" (toString $dies) }}
+{{- $_ := set $aws "k8s.io/cluster-autoscaler/node-template/label/k80s.io/mode" "shared" }}
+{{- $templateLabels = append $pairs "k80s.io/mode=shared" }}
+{{- $note = "Cluster API declares one extended resource (gpu-type/gpu-count) and shared pods request two (k80s.io/vram-mib and k80s.io/die-major): keep this node group's minimum size >= 1, so cluster-autoscaler copies a real node" }}
+{{- else }}
+{{- $_ := set $aws "k8s.io/cluster-autoscaler/node-template/resources/k80s.io/die" (toString $dies) }}
+{{- $_ := set $capi "capacity.cluster-autoscaler.kubernetes.io/gpu-type" "k80s.io/die" }}
+{{- $_ := set $capi "capacity.cluster-autoscaler.kubernetes.io/gpu-count" (toString $dies) }}
+{{- end }}
+{{- if $templateLabels }}
+{{- $_ := set $capi "capacity.cluster-autoscaler.kubernetes.io/labels" (join "," $templateLabels) }}
 {{- end }}
 {{- if $taint }}
 {{- $_ := set $aws (printf "k8s.io/cluster-autoscaler/node-template/taint/%s" $taint) "true:NoSchedule" }}
@@ -169,5 +202,5 @@ Call with (dict "ctx" $ "group" $group).
 {{- if $taint }}
 {{- $flags = append $flags (printf "--register-with-taints=%s=true:NoSchedule" $taint) }}
 {{- end }}
-{{- toYaml (dict "dies" $dies "aws" $aws "clusterApi" $capi "kubelet" (join " " $flags)) }}
+{{- toYaml (dict "dies" $dies "mode" $mode "pool" ($pool.name | default "") "aws" $aws "clusterApi" $capi "clusterApiNote" $note "kubelet" (join " " $flags)) }}
 {{- end }}
