@@ -89,9 +89,11 @@ NAMESPACE: Final = "k80s-demo"
 
 DEFAULT_MODELS: Final = "gemma3:4b,gemma3:12b,gemma3:27b,deepseek-r1:14b,deepseek-r1:32b"
 DEFAULT_SHARED_MODELS: Final = "gemma3:12b,gemma3:12b,gemma3:4b,qwen3:4b,deepseek-r1:1.5b,gemma3:27b"
-"""With --shared: two gemma3:12b (slots 663 + 9971 MiB) mirror on one board; gemma3:4b, qwen3:4b and
-deepseek-r1:1.5b (4785, 3660, 1854 MiB) fit one die together; gemma3:27b cannot share at 4096 (its
-primary slot is 12407 MiB, more than a die's 11434) and shows why. Whole dies would take 7."""
+"""With --shared: two gemma3:12b (slots 663 + 9971 MiB each) and gemma3:4b, qwen3:4b and
+deepseek-r1:1.5b (4785, 3660, 1854 MiB), which fit one die together; whole dies would take 7. Bound
+12b first, the pair mirrors on one board and the small ones share a third die (3 dies); when the
+small ones come between, they fill the first 12b's secondary die (4 dies). gemma3:27b cannot share
+at 4096 tokens (its primary slot is 12407 MiB, more than a die's 11434) and shows why."""
 DEFAULT_CONTEXT: Final = 4096
 """numCtx of a model given without `@CTX`: the seed's published gemma3:12b case (split 1,48)."""
 
@@ -723,7 +725,7 @@ def _footer(stack: DemoStack, keep: bool, running: bool) -> list[str]:
               help="Comma-separated catalogue models, each with an optional @CTX (default 4096), "
                    "e.g. gemma3:12b@8192. One ModelDeployment each (llama.cpp runtime). "
                    f"[default: {DEFAULT_MODELS}; with --shared: {DEFAULT_SHARED_MODELS}: two gemma3:12b "
-                   "mirrored on one board, three small models on one die, and gemma3:27b, which cannot "
+                   "and three small models that share 3 or 4 dies (7 whole), and gemma3:27b, which cannot "
                    "share at 4096 tokens]")
 @click.option("--shared", is_flag=True,
               help="Shared dies: the device plugins run in --mode shared and every ModelDeployment has "

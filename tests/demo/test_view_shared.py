@@ -283,18 +283,25 @@ def bind_in_order(choices: Sequence[ModelChoice], inventory: NodeInventory) -> l
     return pods
 
 
-def test_the_default_shared_mix_takes_two_dies_of_seven_whole_and_shows_a_model_that_cannot_share() -> None:
+@pytest.mark.parametrize(("order", "dies", "multi"), [
+    ((0, 1, 2, 3, 4, 5), 3, 3),  # as applied: the 12b pair mirrors on board 0, the small ones share die 2
+    ((0, 2, 3, 4, 1, 5), 4, 1),  # the small ones bound before the second 12b fill the first's secondary die
+    ((2, 3, 4, 0, 1, 5), 4, 1),  # the small ones first: the first 12b's secondary slot joins them
+], ids=["as-applied", "smalls-between", "smalls-first"])
+def test_the_default_shared_mix_takes_three_or_four_dies_of_seven_whole_and_shows_one_that_cannot_share(
+    order: tuple[int, ...], dies: int, multi: int
+) -> None:
     choices = parse_models(DEFAULT_SHARED_MODELS)
     assert len(choices) == 6 and choices[-1].model == "gemma3:27b"
     _, big = plans("gemma3:27b")
     assert max(big.slot_mib) > SHAREABLE_DIE_MIB  # the operator says Fits=False
     inventory = shared_inventory()
-    pods = bind_in_order(choices, inventory)  # bound in the order the demo applies them
+    pods = bind_in_order([choices[i] for i in order], inventory)
     mds = [shared_md(c.name, c.model, fits=c.model != "gemma3:27b") for c in choices]
     rows = shared_die_rows([NodeView(NODE, inventory, SHARED)], pods, mds)
     s = shared_summarize(model_rows(mds, {}), rows, pods)
     assert (s.models_placed, s.dies_exclusive) == (5, 7)
-    assert s.dies_shared == 3 and s.dies_multi == 3  # the 12b pair on board 0, three small models on die 2
+    assert (s.dies_shared, s.dies_multi) == (dies, multi)
     assert max(r.reserved_mib for r in rows) <= SHAREABLE_DIE_MIB
     assert s.cannot_share == ("gemma3-27b",)
 
