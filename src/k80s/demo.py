@@ -61,6 +61,7 @@ from k80s.core.sharing import (
     DIE_MAJOR_RESOURCE,
     EXCLUSIVE,
     MODE_LABEL,
+    SHAREABLE_DIE_MIB,
     SHARED,
     VRAM_RESOURCE,
 )
@@ -399,6 +400,7 @@ class DemoStack:
         from k80s.localcluster import wait
         from k80s.localcluster.devices import PluginDeviceManager
         from k80s.localcluster.kubelet import start_simulated_nodes
+        from k80s.localcluster.resources import quantity
 
         assert self.plane is not None
         self.nodes = start_simulated_nodes(self.plane.api_client, self.node_names, self.shape,
@@ -415,15 +417,18 @@ class DemoStack:
 
         core = kubernetes.client.CoreV1Api(self.api)
         dies = str(2 * self.boards)
-        # Exclusive: k80s.io/die registered with the kubelet. Shared: one die-major per die (the
-        # vram-mib beside it, whatever form the API server writes the quantity in).
+        # Exclusive: k80s.io/die registered with the kubelet. Shared: one die-major per die and what
+        # the idle dies offer as vram-mib (parsed: the API server may write 1000 as 1k).
         resource = DIE_MAJOR_RESOURCE if self.shared else "k80s.io/die"
+        vram = 2 * self.boards * SHAREABLE_DIE_MIB
         for node, plugin in zip(self.nodes, self.plugins, strict=True):
             def advertised(name: str = node.name) -> bool:
                 n: Any = core.read_node(name)
                 inventory = (n.metadata.annotations or {}).get("k80s.io/dies")
                 allocatable = n.status.allocatable or {}
-                offered = allocatable.get(resource) == dies and (not self.shared or VRAM_RESOURCE in allocatable)
+                offered = allocatable.get(resource) == dies
+                if self.shared:
+                    offered = offered and quantity(allocatable.get(VRAM_RESOURCE, "0")) == vram
                 return offered and bool(inventory)
 
             try:
@@ -433,7 +438,7 @@ class DemoStack:
                 if not plugin.alive():
                     raise DemoError(f"{plugin.name} exited with status {plugin.popen.returncode}",
                                     plugin.log_path) from None
-                what = (f"publish {VRAM_RESOURCE} and {dies} {DIE_MAJOR_RESOURCE}" if self.shared
+                what = (f"publish {VRAM_RESOURCE} {vram} and {DIE_MAJOR_RESOURCE} {dies}" if self.shared
                         else f"register {dies} dies")
                 raise DemoError(f"{node.name}: the device plugin did not {what} and publish the "
                                 f"k80s.io/dies inventory in {READY_TIMEOUT_S:.0f} s", plugin.log_path) from None
