@@ -146,6 +146,30 @@ def test_an_assumption_counts_until_the_informer_shows_the_pod_or_the_bind_fails
     assert cache.ledger("n1").reserved_mib(on("n1", (0, 1)).dies[0].uuid) == 0 and cache.assumed() == {}
 
 
+def test_remembered_verdicts_follow_every_change_of_the_node_its_pods_and_binds_in_flight() -> None:
+    cache = synced_cache([shared_node("n1", boards=1)])
+    with served(cache) as server:
+        client = Client(server.server.api_port)
+
+        def fits() -> bool:
+            _, answer = client.post_json(FILTER, args(shared_pod("new"), ["n1"]))
+            return answer["NodeNames"] == ["n1"]
+
+        assert fits() and fits()  # the second call answers from the memo
+        cache.assume("n1", "ns/a", on("n1", (0, 663), (1, 9971), boards=1))
+        cache.assume("n1", "ns/b", on("n1", (1, 663), (0, 9971), boards=1, uid="u2"))
+        assert not fits()  # binds in flight count at once
+        cache.forget("ns/a")
+        cache.forget("ns/b")
+        assert fits()
+        cache.upsert_pod(shared_pod("a", node="n1", assignment=on("n1", (0, 5000), (1, 5000), boards=1)))
+        assert not fits()  # a bound pod's assignment
+        cache.delete_pod(shared_pod("a", node="n1"))
+        assert fits()
+        cache.upsert_node(shared_node("n1", boards=1, mode="exclusive"))
+        assert not fits()  # the pool's mode
+
+
 def test_a_broken_assignment_counts_as_nothing_and_is_recorded() -> None:
     pod = shared_pod("a", node="n1", annotations={ASSIGNMENT: '{"version":1,"dies":[]}'})
     cache = synced_cache([shared_node("n1")], [pod])

@@ -139,13 +139,14 @@ def assign_slots(
     if not slots:
         return None
     rank = _board_ranks(inventory)
+    reserved = {d.uuid: ledger.reserved_mib(d.uuid) for d in inventory}
     room = {
-        d.uuid: shareable_mib(d) - ledger.reserved_mib(d.uuid)
+        d.uuid: shareable_mib(d) - reserved[d.uuid]
         for d in inventory
-        if d.healthy and d.allocated_to is None and not overused(d, ledger.reserved_mib(d.uuid))
+        if d.healthy and d.allocated_to is None and not overused(d, reserved[d.uuid])
     }
     usable = sorted((d for d in inventory if d.uuid in room), key=lambda d: (rank[d.board], d.index))
-    in_use = {d.board for d in inventory if ledger.reserved_mib(d.uuid) > 0}
+    in_use = {d.board for d in inventory if reserved[d.uuid] > 0}
 
     def scored(dies: Sequence[DieInfo]) -> SlotAssignment:
         return SlotAssignment(

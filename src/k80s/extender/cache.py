@@ -30,8 +30,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from k80s.core.errors import InvalidInput
@@ -70,13 +70,45 @@ class NodeProblem:
     reason: str
 
 
+class Signature:
+    """A hashable value whose hash is computed once: memo lookups per node per call stay cheap
+    (a tuple rehashes all its items on every lookup)."""
+
+    __slots__ = ("_hash", "value")
+
+    def __init__(self, value: Hashable) -> None:
+        self.value = value
+        self._hash = hash(value)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return self is other or (isinstance(other, Signature) and self._hash == other._hash and self.value == other.value)
+
+
 @dataclass(frozen=True, slots=True)
 class SharedNode:
-    """What a shared pod is decided on: the node's dies (CUDA order), pool mode and die ledger."""
+    """What a shared pod is decided on: the node's dies (CUDA order), pool mode and die ledger.
+
+    `signature` is everything the decision reads, without the node's identity: nodes with equal
+    signatures get the same verdict, reason text and rank key (only the die UUIDs of the chosen
+    slots differ), so filter and prioritize decide each distinct signature once, and remember it
+    across calls. The bind verb never uses a remembered verdict."""
 
     dies: tuple[DieInfo, ...]
     mode: str
     ledger: DieLedger
+    signature: Signature | None = field(default=None, compare=False)
+
+    @classmethod
+    def of(cls, dies: tuple[DieInfo, ...], mode: str, ledger: DieLedger) -> SharedNode:
+        boards: dict[str, int] = {}
+        signature = Signature((mode, tuple(
+            (boards.setdefault(d.board, len(boards)), d.index, d.health, d.allocated_to, d.total_mib, d.used_mib,
+             ledger.reserved_mib(d.uuid))
+            for d in dies)))
+        return cls(dies, mode, ledger, signature)
 
 
 @dataclass(slots=True)
@@ -131,6 +163,7 @@ class ClusterCache:
         self._synced: dict[str, bool] = {NODES: False, PODS: False}
         self._vectors: dict[DieVector, DieVector] = {}
         self._ledgers: dict[str, DieLedger] = {}
+        self._shared_nodes: dict[str, SharedNode] = {}  # built on first use; dropped on any change
         self._assumed: dict[str, tuple[str, Assignment, float]] = {}  # pod key → (node, assignment, since)
         self.broken_assignments: dict[str, str] = {}  # pod key → why its k80s.io/assignment is unreadable
         self.assume_ttl_s = ASSUME_TTL_S
@@ -199,22 +232,30 @@ class ClusterCache:
             return ledger
 
     def shared_node(self, name: str) -> SharedNode | NodeProblem | None:
-        """The node as a shared pod sees it; None when the node is not in the cache."""
+        """The node as a shared pod sees it; None when the node is not in the cache. Kept until the
+        node, its pods or its mode change; a node with a bind in flight is built afresh."""
         with self._lock:
+            assumed = any(where == name for where, _a, _t in self._assumed.values())
+            cached = None if assumed else self._shared_nodes.get(name)
+            if cached is not None:
+                return cached
             node = self._nodes.get(name)
             if node is None:
                 return None
             view = self._views.get(name)
             if node.inventory is None or not isinstance(view, NodeView):
                 return NodeProblem(node.problem)
-            return SharedNode(view.dies, node.mode, self.ledger(name))
+            shared = SharedNode.of(view.dies, node.mode, self.ledger(name))
+            if not assumed:
+                self._shared_nodes[name] = shared
+            return shared
 
     def shared_node_for_object(self, node: Mapping[str, Any]) -> SharedNode | NodeProblem:
         """`shared_node` from a full Node object (nodeCacheCapable: false) and the cached ledger."""
         inventory, problem = inventory_of(node_annotation(node))
         if inventory is None:
             return NodeProblem(problem)
-        return SharedNode(node_view(inventory).dies, pool_mode(node), self.ledger(node_name(node)))
+        return SharedNode.of(node_view(inventory).dies, pool_mode(node), self.ledger(node_name(node)))
 
     def assume(self, node: str, key: str, assignment: Assignment) -> None:
         """Count `assignment` for pod `key` on `node` until the informer shows it (or `forget`)."""
@@ -278,7 +319,9 @@ class ClusterCache:
         mode = pool_mode(node)
         old = self._nodes.get(name)
         if old is not None and old.annotation == annotation:
-            old.mode = mode  # other status/label changes do not touch the dies
+            if old.mode != mode:
+                old.mode = mode  # other status/label changes do not touch the dies
+                self._shared_nodes.pop(name, None)
             return
         inventory, problem = inventory_of(annotation)
         self._nodes[name] = _Node(name, annotation, inventory, problem, mode)
@@ -287,6 +330,7 @@ class ClusterCache:
     def _drop_node(self, name: str) -> None:
         self._nodes.pop(name, None)
         self._views.pop(name, None)
+        self._shared_nodes.pop(name, None)
 
     # -- writes: pods --------------------------------------------------------------------------
 
@@ -306,6 +350,7 @@ class ClusterCache:
                     self._assumed.pop(p.key, None)
             self.broken_assignments = {p.key: p.broken for p in fresh.values() if p.broken}
             self._ledgers = {}
+            self._shared_nodes = {}
             for node in touched:
                 self._recompute(node)
         self._changed()
@@ -365,6 +410,7 @@ class ClusterCache:
         self._changed()
 
     def _recompute(self, name: str) -> None:
+        self._shared_nodes.pop(name, None)
         on_node = (self._pods_by_node.get(name) or {}).values()
         shares = [(p.key, p.assignment) for p in on_node if p.assignment is not None]
         if shares:

@@ -277,7 +277,8 @@ class Extender:
         out.pod, out.dies, out.model = info.key, len(plan.slots), need_text(plan)
         by_object = {node_name(n): n for n in args.nodes} if args.nodes is not None else None
         fits: dict[str, SharedFit] = {}
-        verdicts: dict[Hashable, SharedFit] = {}  # per call: equal dies and ledgers, one decision
+        verdicts = self.memo.bucket((SHARES, plan))  # equal dies and ledgers: one decision, kept across calls
+        computed = 0
         for name in args.names:
             node: SharedNode | NodeProblem | None
             if by_object is not None:
@@ -291,12 +292,14 @@ class Extender:
                 out.failed[name] = node.reason
                 out.results["node-problem"] += 1
             else:
-                key = (plan, shared.signature(node))
-                fit = verdicts.get(key)
+                fit = verdicts.get(node.signature)
                 if fit is None:
-                    fit = verdicts[key] = shared.fit_node(node, plan)
+                    fit = verdicts[node.signature] = shared.fit_node(node, plan)
+                    computed += 1
                 fits[name] = fit
                 out.results[fit.refusal.value] += 1
+        self.memo.record(len(fits), computed)
+        self.memo.trim()
         return fits
 
     # -- helpers -------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ and die ledger (cache's `SharedNode`); this module only reads and collects.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from k80s.core.errors import InvalidSpec
@@ -42,14 +42,3 @@ def share_request(info: PodInfo, pod: Mapping[str, Any]) -> SharePlan:
 
 def fit_node(node: SharedNode, plan: SharePlan) -> SharedFit:
     return fit_shared(node.dies, node.ledger, plan, node.mode)
-
-
-def signature(node: SharedNode) -> Hashable:
-    """Everything `fit_node` reads, without the node's identity: nodes with equal signatures get the
-    same verdict, reason text and rank key (only the die UUIDs in `slots` differ), so filter and
-    prioritize decide each distinct signature once. The bind verb never uses a shared verdict."""
-    boards: dict[str, int] = {}
-    return (node.mode, tuple(
-        (boards.setdefault(d.board, len(boards)), d.index, d.health, d.allocated_to, d.total_mib, d.used_mib,
-         node.ledger.reserved_mib(d.uuid))
-        for d in node.dies))
