@@ -10,7 +10,9 @@
       - cold: the decision memo (and the decoded-pod cache) is emptied before every call;
       - warm: repeated calls with the memo filled (what the scheduler sees in steady state).
     Prioritize gets the nodes that passed filter, as the scheduler sends them. Target: p99 ≤ 20 ms
-    per verb, warm, at 5,000 nodes.
+    per verb, warm, at 5,000 nodes. With `--shared` the nodes are a shared pool instead: each holds
+    0–6 bound shared pods (`k80s.io/assignment` on random dies, ≥ 1,000 distinct die ledgers) and
+    the pod carries `k80s.io/shares` (docs/sharing.md); the same columns, same target.
 
 (b) throughput: in the local control plane, 1,000 one-die gemma3:4b pods with the k80s annotations
     on 200 simulated `4xK80` nodes (static Nodes, no kubelets: pods bind and stay Pending). The
@@ -26,6 +28,7 @@ Usage:
     python bench/extender.py                      # both parts, full sizes
     python bench/extender.py --quick              # small sizes, a minute or two
     python bench/extender.py --part latency --sizes 500,5000 --requests 100
+    python bench/extender.py --part latency --shared   # the same, for a shared node pool
     python bench/extender.py --part throughput --nodes 50 --pods 200
 """
 
@@ -63,6 +66,17 @@ from k80s.core.annotations import ESTIMATE, MODEL, OPTIONS, encode_estimate, enc
 from k80s.core.inventory import NodeInventory, simulated_dies  # noqa: E402
 from k80s.core.options import EstimateOptions  # noqa: E402
 from k80s.core.selection import plan_for_idle_dies  # noqa: E402
+from k80s.core.sharing import (  # noqa: E402
+    DIE_MAJOR_RESOURCE,
+    MODE_LABEL,
+    SHARED,
+    VRAM_RESOURCE,
+    Assignment,
+    DieShare,
+    SharePlan,
+    share_plan,
+    shareable_mib,
+)
 from k80s.extender import schedconfig, wire  # noqa: E402
 from k80s.extender.cache import NODES, PODS, ClusterCache  # noqa: E402
 from k80s.extender.routes import read_body  # noqa: E402
@@ -143,6 +157,56 @@ def bench_nodes(count: int, vectors: int, seed: int = 11) -> list[dict[str, Any]
     return nodes
 
 
+SHARED_SLOT_CHOICES_MIB = (663, 1854, 3660, 4785, 9971)
+"""Slots of gemma3:12b (secondary, primary) and of small catalogue models at 4096 tokens."""
+
+
+def shared_plan(model: str, ctx: int) -> SharePlan:
+    profile = catalogue.lookup(model)
+    options = EstimateOptions(num_ctx=ctx)
+    return share_plan(profile, plan_for_idle_dies(profile, options, 11366, 8), options)
+
+
+def shared_bench_cluster(count: int, seed: int = 11) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """`count` shared 4xK80 Nodes and the bound shared pods that fill their die ledgers: each node
+    gets 0–6 one-slot pods on random dies (never over a die), so the ledgers vary per node."""
+    rng = random.Random(seed)
+    nodes, pods = [], []
+    for i in range(count):
+        name = f"k80-{i:05d}"
+        dies = simulated_dies(name, 4)
+        total = sum(shareable_mib(d) for d in dies)
+        inv = NodeInventory(dies=dies, driver="470.256.02", updated="2026-11-25T12:00:00Z")
+        nodes.append({"metadata": {"name": name, "labels": {MODE_LABEL: SHARED},
+                                   "annotations": {"k80s.io/dies": inv.to_json()}},
+                      "status": {"allocatable": {VRAM_RESOURCE: str(total), DIE_MAJOR_RESOURCE: str(len(dies))}}})
+        room = {d.uuid: shareable_mib(d) for d in dies}
+        for j in range(rng.randint(0, 6)):
+            die, mib = rng.choice(dies), rng.choice(SHARED_SLOT_CHOICES_MIB)
+            if room[die.uuid] < mib:
+                continue
+            room[die.uuid] -= mib
+            uid = f"u-{i}-{j}"
+            assignment = Assignment(name, uid, (DieShare(0, die.uuid, die.index, die.board, mib),))
+            pods.append({"metadata": {"name": f"p-{i}-{j}", "namespace": "llm", "uid": uid,
+                                      "annotations": assignment.annotations()},
+                         "spec": {"nodeName": name, "containers": [{"name": "llm", "resources": {
+                             "requests": {VRAM_RESOURCE: str(mib)}}}]},
+                         "status": {"phase": "Running"}})
+    return nodes, pods
+
+
+def shared_pod(plan: SharePlan, annotations: dict[str, str]) -> dict[str, Any]:
+    amounts = {VRAM_RESOURCE: str(plan.total_mib)}
+    if plan.die_major:
+        amounts[DIE_MAJOR_RESOURCE] = str(plan.die_major)
+    return {"metadata": {"name": "bench", "namespace": "llm", "uid": "u",
+                         "annotations": {**annotations, "k80s.io/shares": plan.to_json()}},
+            "spec": {"schedulerName": "k80s", "containers": [{"name": "llm", "resources": {
+                "limits": amounts, "requests": amounts}}]},
+            "status": {"phase": "Pending"}}
+
+
 class BaselineThread:
     """An aiohttp server whose verbs only decode the ExtenderArgs JSON and encode a trivial answer,
     through the same body reader and thread-pool hop as the extender."""
@@ -218,23 +282,31 @@ class Caller:
 
 
 def run_latency(sizes: list[int], vectors: int, requests: int, cold_requests: int, model: str, ctx: int,
-                dies: int, runtime: str) -> list[list[str]]:
+                dies: int, runtime: str, shared: bool = False) -> list[list[str]]:
     annotations = plan_annotations(model, ctx, runtime)
-    pod = {"metadata": {"name": "bench", "namespace": "llm", "uid": "u", "annotations": annotations},
-           "spec": {"schedulerName": "k80s", "containers": [{"name": "llm", "resources": {
-               "limits": {"k80s.io/die": str(dies)}, "requests": {"k80s.io/die": str(dies)}}}]},
-           "status": {"phase": "Pending"}}
+    pod: dict[str, Any] = {
+        "metadata": {"name": "bench", "namespace": "llm", "uid": "u", "annotations": annotations},
+        "spec": {"schedulerName": "k80s", "containers": [{"name": "llm", "resources": {
+            "limits": {"k80s.io/die": str(dies)}, "requests": {"k80s.io/die": str(dies)}}}]},
+        "status": {"phase": "Pending"}}
+    if shared:
+        pod = shared_pod(shared_plan(model, ctx), annotations)
     rows = []
     for size in sizes:
-        nodes = bench_nodes(size, vectors)
+        nodes, bound = shared_bench_cluster(size) if shared else (bench_nodes(size, vectors), [])
         cache = ClusterCache()
         started = time.perf_counter()
         cache.replace_nodes(nodes)
-        cache.replace_pods([])
+        cache.replace_pods(bound)
         cache.mark_synced(NODES)
         cache.mark_synced(PODS)
         build_s = time.perf_counter() - started
-        distinct = len({v.vector for v in cache.snapshot().values() if hasattr(v, "vector")})
+        if shared:
+            distinct = len({tuple(sorted((u, tuple(sorted(h.values()))) for u, h in
+                                         cache.ledger(n["metadata"]["name"]).shares.items()))
+                            for n in nodes})
+        else:
+            distinct = len({v.vector for v in cache.snapshot().values() if hasattr(v, "vector")})
         names = [n["metadata"]["name"] for n in nodes]
         filter_body = wire.encode({"Pod": pod, "Nodes": None, "NodeNames": names})
         settings = load_settings(["--port", "0", "--metrics-port", "0", "--metrics-address", "127.0.0.1",
@@ -441,6 +513,8 @@ def main() -> int:
     parser.add_argument("--ctx", type=int, default=4096)
     parser.add_argument("--dies", type=int, default=2)
     parser.add_argument("--runtime", choices=["llamacpp", "ollama"], default="llamacpp")
+    parser.add_argument("--shared", action="store_true",
+                        help="latency part: a shared node pool with filled die ledgers and a k80s.io/shares pod")
     parser.add_argument("--nodes", type=int, default=200, help="throughput part: simulated 4xK80 nodes")
     parser.add_argument("--pods", type=int, default=1000, help="throughput part: one-die gemma3:4b pods")
     parser.add_argument("--timeout", type=float, default=600.0, help="throughput part: seconds per scheduler run")
@@ -454,9 +528,11 @@ def main() -> int:
           f"load {os.getloadavg()[0]:.2f}", flush=True)
     if a.part in ("latency", "both"):
         sizes = [int(s) for s in a.sizes.split(",")]
-        print(f"\n(a) latency over HTTP: {a.model} numCtx {a.ctx}, {a.dies} dies, {a.runtime}; "
+        pool = "shared pool, k80s.io/shares pod" if a.shared else f"{a.dies} dies, {a.runtime}"
+        print(f"\n(a) latency over HTTP: {a.model} numCtx {a.ctx}, {pool}; "
               f"{a.requests} warm/baseline calls, {a.cold_requests} cold calls per verb", flush=True)
-        rows = run_latency(sizes, a.vectors, a.requests, a.cold_requests, a.model, a.ctx, a.dies, a.runtime)
+        rows = run_latency(sizes, a.vectors, a.requests, a.cold_requests, a.model, a.ctx, a.dies, a.runtime,
+                           a.shared)
         print()
         print(table(["nodes", "vectors", "verb", "sent", "base p50", "base p99", "cold p50", "cold p99",
                      "warm p50", "warm p99", "warm cpu p50", "warm/base p99"], rows))
