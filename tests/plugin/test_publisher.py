@@ -11,7 +11,7 @@ from typing import Any
 
 from k80s._proto.podresources.v1 import api_pb2 as pr
 from k80s.core.inventory import NodeInventory
-from k80s.plugin.publisher import allocations_from_pods, node_patch
+from k80s.plugin.publisher import allocations_from_pods, carries_inventory, node_patch
 from k80s.plugin.simulated import shape_identities
 from tests.plugin.harness import harness, pod, wait_until
 
@@ -97,6 +97,33 @@ def test_publishes_idle_dies_then_allocations_and_health() -> None:
         h.kubelet.release("u1")  # the pod ends: allocatedTo cleared on the next List
         h.plugin.publisher.after_allocate()  # (the kubelet does not tell the plugin; poll or nudge)
         wait_until(lambda: not any(d.allocated_to for d in recorder.last().dies), 5)
+
+
+def test_a_node_carries_the_inventory_only_with_the_annotation_and_the_plugins_mode() -> None:
+    published = {"metadata": {"annotations": {"k80s.io/dies": "{}"}, "labels": {"k80s.io/mode": "shared"}}}
+    assert carries_inventory(published, "shared")
+    assert not carries_inventory(published, "exclusive")
+    assert not carries_inventory({"metadata": {"labels": {"k80s.io/mode": "shared"}}}, "shared")
+    assert not carries_inventory({"metadata": {"annotations": {"k80s.io/dies": "{}"}}}, "shared")
+    assert not carries_inventory({}, "shared")
+
+
+def test_a_re_created_node_gets_the_unchanged_inventory_again() -> None:
+    recorder = Recorder()
+    with harness("1xK80", node_patch=recorder) as h:
+        wait_until(lambda: recorder.count() == 1, 5)
+        publisher = h.plugin.publisher
+        assert publisher is not None
+        publisher.node_seen(recorder.patches[0][1])  # the Node as published: nothing to do
+        time.sleep(0.3)
+        assert recorder.count() == 1
+        publisher.node_seen({"metadata": {"name": "node-a", "labels": {"kubernetes.io/hostname": "node-a"}}})
+        wait_until(lambda: recorder.count() == 2, 5)  # a bare Node: the same inventory, published again
+        assert recorder.patches[1][1]["metadata"]["labels"] == recorder.patches[0][1]["metadata"]["labels"]
+        first = NodeInventory.from_json(recorder.patches[0][1]["metadata"]["annotations"]["k80s.io/dies"])
+        assert recorder.last().dies == first.dies
+        time.sleep(0.3)
+        assert recorder.count() == 2  # once
 
 
 def test_patch_failures_are_retried_and_pod_resources_outage_keeps_allocations() -> None:

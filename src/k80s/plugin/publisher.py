@@ -60,6 +60,13 @@ def node_patch(inventory: NodeInventory, mode: str = EXCLUSIVE) -> dict[str, Any
     }}
 
 
+def carries_inventory(node: Mapping[str, Any], mode: str) -> bool:
+    """Whether the Node shows an inventory and this plugin's mode. A Node object deleted and
+    created again (a kubelet registering anew) has neither until the plugin publishes again."""
+    meta = node.get("metadata") or {}
+    return DIES_ANNOTATION in (meta.get("annotations") or {}) and (meta.get("labels") or {}).get(MODE_LABEL) == mode
+
+
 def utc_now_text() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -146,6 +153,7 @@ class NodePublisher:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._refresh_at: list[float] = []
+        self._republish = False
         self._thread: threading.Thread | None = None
         self.allocations: dict[str, str] = {}
         self.published: NodeInventory | None = None
@@ -169,6 +177,15 @@ class NodePublisher:
             self._refresh_at.extend(now + d for d in AFTER_ALLOCATE_S)
         self._monitor.poke()
 
+    def node_seen(self, node: Mapping[str, Any]) -> None:
+        """The Node as a watch shows it. One that lacks the inventory or the mode (re-created) gets
+        them on the next round, though the inventory did not change."""
+        if carries_inventory(node, self._mode):
+            return
+        with self._lock:
+            self._republish = True
+        self._monitor.poke()
+
     def _run(self) -> None:
         next_list = 0.0
         retry_at = 0.0
@@ -179,6 +196,11 @@ class NodePublisher:
                 due = [t for t in self._refresh_at if t <= now]
                 self._refresh_at = [t for t in self._refresh_at if t > now]
                 pending = min(self._refresh_at, default=float("inf"))
+                republish, self._republish = self._republish, False
+            if republish and self.published is not None:
+                log.info("the Node lacks the published inventory (re-created?); publishing it again",
+                         extra={"node": self._node})
+                self.published = None
             if now >= next_list or due:
                 self._read_allocations()
                 next_list = now + self._poll_s

@@ -63,7 +63,8 @@ class PluginServer:
         if self.shared and core is not None and settings.node_name:
             self.capacity = SharedCapacity(
                 self.monitor, core, settings.node_name,
-                on_patch=lambda outcome: self.metrics.capacity_reasserts.labels(outcome=outcome).inc())
+                on_patch=lambda outcome: self.metrics.capacity_reasserts.labels(outcome=outcome).inc(),
+                on_node=self._node_seen)
         if node_patch is not None and settings.node_name:
             # Shared pods hold no k80s.io/die, so pod-resources has nothing to say about them.
             self.publisher = NodePublisher(
@@ -190,6 +191,11 @@ class PluginServer:
             if self._serving is not None and socket_id(self.settings.plugin_socket) == self._serving:
                 Path(self.settings.plugin_socket).unlink(missing_ok=True)
         self._grpc, self._servicer, self._serving = None, None, None
+
+    def _node_seen(self, node: dict[str, Any]) -> None:
+        """A re-created Node (deleted, then registered again) gets the inventory back too."""
+        if self.publisher is not None:
+            self.publisher.node_seen(node)
 
     # -- probes ------------------------------------------------------------------------------
     def _live(self) -> tuple[bool, str]:

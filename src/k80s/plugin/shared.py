@@ -264,12 +264,14 @@ class SharedCapacity:
 
     A watch on the own Node wakes the keeper on every Node change; the die monitor wakes it on
     every health change. Each round compares the Node with `shared_capacity` and patches
-    `nodes/<node>/status` when they differ. `published` is set once the Node carries them."""
+    `nodes/<node>/status` when they differ. `published` is set once the Node carries them.
+    `on_node` sees every version of the Node the watch delivers (on the watch thread)."""
 
     def __init__(self, monitor: DieMonitor, core: Any, node: str,
-                 on_patch: Callable[[str], None] = lambda outcome: None) -> None:
+                 on_patch: Callable[[str], None] = lambda outcome: None,
+                 on_node: Callable[[dict[str, Any]], None] = lambda node: None) -> None:
         self._monitor, self._core, self._node = monitor, core, node
-        self._on_patch = on_patch
+        self._on_patch, self._on_node = on_patch, on_node
         self._lock = threading.Lock()
         self._seen: dict[str, Any] | None = None  # the Node as the watch last showed it
         self._sent: _Sent | None = None
@@ -302,6 +304,8 @@ class SharedCapacity:
     def _seen_node(self, node: dict[str, Any] | None) -> None:
         with self._lock:
             self._seen = node
+        if node is not None:
+            self._on_node(node)
         self._monitor.poke()
 
     # -- the keeper --------------------------------------------------------------------------
