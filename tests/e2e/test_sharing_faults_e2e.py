@@ -3,14 +3,17 @@
 One stack for the module: three simulated 2xK80 nodes, each with the device plugin in `shared`
 mode (in this process, simulated backend) publishing `k80s.io/vram-mib`, `k80s.io/die-major` and
 the `k80s.io/dies` inventory; the extender as a real process; a real kube-scheduler on the
-canonical configuration (`bindVerb: bind`), electing on the Lease the extender follows. Pods are
+canonical configuration (`bindVerb: bind`), electing on the Lease the extender follows, calling
+the extender through `ExtenderProxy` (a pass-through until a test arms a fault). Pods are
 built as the operator builds them (the catalogue's SharePlan, node-level requests, the fieldRef
 device env of `k80s.operator.children.shared_device_env`).
 
 `InvariantWatch` checks the shared-die invariants on every pod event of every scenario: a burst of
-50 mixed pods; the extender SIGKILLed mid-burst and restarted; kube-scheduler restarted mid-burst;
-kubelet restarts (with and without the device checkpoint) under running shares; a die turning
-unhealthy; annotation tampering against the chart's admission policy.
+50 mixed pods; the extender SIGKILLed mid-burst and restarted; the extender killed at one pod's
+bind, exactly before or exactly after its Binding is POSTed; kube-scheduler restarted mid-burst;
+kubelet restarts (with and without the device checkpoint) under running shares; the Node object
+deleted under running shares and re-created, before and after pod GC; a die turning unhealthy;
+annotation tampering against the chart's admission policy.
 """
 
 from __future__ import annotations
@@ -41,8 +44,10 @@ from k80s.core.sharing import (
     ASSIGNMENT,
     CUDA_VISIBLE_DEVICES,
     DIE_MAJOR_RESOURCE,
+    MODE_LABEL,
     NVIDIA_VISIBLE_DEVICES,
     SHAREABLE_DIE_MIB,
+    SHARED,
     SHARES,
     VRAM_RESOURCE,
     Assignment,
@@ -63,6 +68,7 @@ from k80s.plugin.publisher import kubernetes_core_api, kubernetes_node_patch
 from k80s.plugin.server import PluginServer
 from k80s.plugin.settings import load as load_plugin_settings
 from k80s.plugin.simulated import SimulatedBackend
+from tests.e2e.bind_proxy import AFTER, BEFORE, ExtenderProxy, PodHistory
 from tests.e2e.sharing_invariants import InvariantWatch
 from tests.e2e.test_extender_bind_e2e import shared_pod
 from tests.e2e.test_extender_e2e import (
@@ -118,6 +124,7 @@ class Stack:
     extender: ExtenderProcess
     scheduler_config: Path
     log_dir: Path
+    proxy: ExtenderProxy
     extender_starts: int = 1
 
     # -- components --------------------------------------------------------------------------
@@ -198,6 +205,13 @@ class Stack:
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                    if line.startswith(name + "{") and label in line)
 
+    def die_ledger(self, node: str) -> dict[str, float]:
+        """The extender's ledger of `node`, MiB per die UUID; empty while it does not know the node."""
+        found = (re.fullmatch(r'k80s_extender_die_ledger_mib\{(.*)\} (\S+)', line)
+                 for line in self.extender.get("/metrics")[1].splitlines())
+        return {re.search(r'die="([^"]+)"', m[1])[1]: float(m[2])  # type: ignore[index]
+                for m in found if m and f'node="{node}"' in m[1]}
+
 
 def until(check: Any, what: str, timeout_s: float = 30.0) -> Any:
     return wait.wait_for(check, what=what, timeout_s=timeout_s)
@@ -236,6 +250,7 @@ def stack(control_plane: ControlPlane, admin: Any, tmp_path_factory: pytest.Temp
     backends: list[SimulatedBackend] = []
     log_dir = tmp_path_factory.mktemp("faults")
     stack: Stack | None = None
+    proxy: ExtenderProxy | None = None
     try:
         for node in nodes:
             plugin, backend = start_plugin(control_plane, node)
@@ -245,10 +260,11 @@ def stack(control_plane: ControlPlane, admin: Any, tmp_path_factory: pytest.Temp
                                "--leader-lease-namespace", lease_namespace)
         wait.wait_for(lambda: first.get("/readyz")[0] == 200, what="extender /readyz", timeout_s=60,
                       state=first.log_tail)
-        config = schedconfig.render(schedconfig.canonical_path(), control_plane.kubeconfig, first.api_port,
+        proxy = ExtenderProxy(first.api_port).start()  # the scheduler calls the extender through it
+        config = schedconfig.render(schedconfig.canonical_path(), control_plane.kubeconfig, proxy.port,
                                     leader_elect=True, lease_namespace=lease_namespace)
         stack = Stack(control_plane, core, namespace, lease_namespace, labels, nodes, plugins, backends, first,
-                      control_plane.write_scheduler_config("k80s-scheduler-faults", config), log_dir)
+                      control_plane.write_scheduler_config("k80s-scheduler-faults", config), log_dir, proxy)
         stack.start_scheduler()
         until(stack.all_offer_full, "every shared node to offer 4 dies of vram-mib and die-major", 60)
         yield stack
@@ -262,6 +278,8 @@ def stack(control_plane: ControlPlane, admin: Any, tmp_path_factory: pytest.Temp
                     pass
             if stack.extender.process.poll() is None:
                 stop_process(stack.extender.process)
+        if proxy is not None:
+            proxy.stop()
         for plugin in plugins:
             plugin.stop()
         stop_simulated_nodes(nodes)
@@ -453,6 +471,59 @@ def test_extender_killed_mid_burst_binds_nothing_while_down_and_places_the_pendi
     assert_quiet(invariants, 1)
 
 
+@pytest.mark.parametrize("fault", [BEFORE, AFTER])
+def test_extender_killed_at_a_bind_before_or_after_its_post_leaves_the_pod_bound_exactly_once(
+    clean_stack: Stack, invariants: InvariantWatch, admin: Any, fault: str
+) -> None:
+    """§7.6 at exact points, through the proxy: `before`, the bind is never forwarded (no Binding
+    POSTed) and the extender is SIGKILLed; `after`, the extender POSTs the Binding and answers, the
+    proxy SIGKILLs it and drops the answer. The extender then restarts on the same port."""
+    stack = clean_stack
+    neighbours = [model_pod("qwen-0", plan("qwen3:4b"), stack.labels),
+                  model_pod("llama-0", plan("llama3.2:3b"), stack.labels)]
+    stack.create(neighbours)  # a ledger for the restarted extender to rebuild, not just one pod
+    assert len(assert_outcomes(settle(stack, 2))[0]) == 2
+    key = f"{stack.namespace}/gemma"
+    with PodHistory(admin, stack.namespace) as history:
+        stack.proxy.arm(fault, key, stack.kill_extender)
+        stack.create([model_pod("gemma", plan("gemma3:12b"), stack.labels)])
+        first = until(lambda: next(iter(stack.proxy.binds_of(key)), None), "the scheduler's bind of the pod")
+        assert stack.extender.process.poll() == -signal.SIGKILL
+        assert (first.fault, first.forwarded) == (fault, fault == AFTER)
+        time.sleep(3)  # the scheduler's retries meet a dead extender meanwhile
+        pod = stack.core.read_namespaced_pod("gemma", stack.namespace)
+        if fault == BEFORE:  # nothing was POSTed: the pod waits, unbound
+            assert not pod.spec.node_name and ASSIGNMENT not in (pod.metadata.annotations or {})
+        else:  # the Binding was POSTed: nodeName and the assignment are there, however the reply ended
+            assert first.answer == ""
+            assert pod.spec.node_name == first.node and ASSIGNMENT in pod.metadata.annotations
+            written = pod.metadata.annotations[ASSIGNMENT]
+        assert invariants.check_now() == []
+
+        stack.restart_extender()
+        pods = settle(stack, 3)
+        running, refused = assert_outcomes(pods)
+        assert len(running) == 3 and not refused
+        gemma = next(p for p in running if p["metadata"]["name"] == "gemma")
+        assert history.binds("gemma") == 1
+        assert all(ASSIGNMENT in v["metadata"].get("annotations", {})
+                   for v in history.versions("gemma") if v["spec"].get("nodeName"))
+        later = stack.proxy.binds_of(key)[1:]
+        if fault == BEFORE:  # the restarted extender bound it, once
+            assert [c.answer for c in later if c.answer is not None][-1:] == [""]
+            assert next(c for c in reversed(later) if c.answer == "").node == gemma["spec"]["nodeName"]
+        else:  # kube-scheduler sees the pod bound and drops it ("Pod has been assigned to node. Abort
+            # adding it back to queue."); a retry would find it bound (an empty answer, no second
+            # POST) or be refused as already bound
+            assert gemma["metadata"]["annotations"][ASSIGNMENT] == written
+            assert all(c.node == first.node for c in later)
+            assert all(c.answer in (None, "") or "already" in c.answer for c in later), later
+        per_die = assert_ledger_published(stack, pods)  # the restarted extender's ledger holds the pod
+        for d in Assignment.from_json(gemma["metadata"]["annotations"][ASSIGNMENT]).dies:
+            assert per_die[d.uuid] >= d.mib
+        assert_quiet(invariants, 3)
+
+
 def test_kube_scheduler_restarted_mid_burst_places_every_pod_once(
     clean_stack: Stack, invariants: InvariantWatch
 ) -> None:
@@ -531,6 +602,139 @@ def test_kubelet_restarts_keep_the_shares_env_and_the_plugin_re_asserts_the_capa
 def _reasserts(metrics: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                if line.startswith('k80s_plugin_capacity_reasserts_total{outcome="ok"}'))
+
+
+def node_absent(stack: Stack, name: str) -> bool:
+    try:
+        stack.core.read_node(name)
+    except ApiException as exc:
+        if exc.status == 404:
+            return True
+        raise
+    return False
+
+
+def node_back(stack: Stack, name: str) -> bool:
+    """The re-created Node offers its shared capacity again and carries the plugin's inventory and mode."""
+    node = stack.core.read_node(name)
+    return (stack.offers(name, DIES * SHAREABLE_DIE_MIB, DIES) and (node.metadata.labels or {}).get(MODE_LABEL) == SHARED
+            and "k80s.io/dies" in (node.metadata.annotations or {}))
+
+
+def node_state(stack: Stack, name: str) -> str:
+    node = stack.core.read_node(name)
+    return (f"capacity {node.status.capacity}, allocatable {node.status.allocatable}, "
+            f"mode {(node.metadata.labels or {}).get(MODE_LABEL)!r}, "
+            f"inventory {'k80s.io/dies' in (node.metadata.annotations or {})}")
+
+
+def wait_node_back(stack: Stack, name: str) -> None:
+    wait.wait_for(lambda: node_back(stack, name), what="the plugin to re-assert the capacity and republish the inventory",
+                  timeout_s=30, state=lambda: node_state(stack, name))
+
+
+def absent_node_problems(stack: Stack, node: str) -> re.Pattern[str]:
+    """What the checker may legitimately see while `node` is deleted, or re-created but not yet
+    re-published: pods still bound to it name dies no Node lists, and request more than its
+    (missing) allocatable."""
+    pod, name = re.escape(stack.namespace) + r"/[\w.-]+", re.escape(node)
+    return re.compile(rf"{pod}: die \S+ is not on node {name}|node {name}: \d+ MiB requested > allocatable 0")
+
+
+def test_a_node_deleted_and_re_created_under_running_shares_keeps_them_and_the_ledger_counts_them(
+    clean_stack: Stack, invariants: InvariantWatch
+) -> None:
+    """Back before pod GC: the pods stay bound and running; the plugin puts vram-mib, die-major,
+    the inventory and the mode back on the new Node object, and the extender counts the survivors."""
+    stack = clean_stack
+    node = stack.nodes[2]
+    pinned = {**stack.labels, "kubernetes.io/hostname": node.name}
+    stack.create([model_pod(f"gemma-{i}", plan("gemma3:12b"), pinned) for i in range(DIES)])
+    running, _ = assert_outcomes(settle(stack, DIES))
+    assert len(running) == DIES  # mirrored pairs: 10634 of 11434 MiB on every die
+    before = {p["metadata"]["name"]: (p["metadata"]["uid"], p["metadata"]["annotations"][ASSIGNMENT]) for p in running}
+    envs = {name: node.kubelet.container_env(stack.namespace, name, CONTAINER) for name in before}
+    assert_ledger_published(stack, running)
+
+    node.kubelet.delete_node()
+    until(lambda: node_absent(stack, node.name), "the Node to be deleted")
+    until(lambda: stack.die_ledger(node.name) == {}, "the extender to drop the deleted Node")
+    time.sleep(3)  # away for a while, far less than pod GC's quarantine
+    assert {p["metadata"]["name"]: (p["metadata"]["uid"], p["metadata"]["annotations"][ASSIGNMENT])
+            for p in stack.pods()} == before
+    # What the checker sees while the Node is away, and nothing else: the shares name dies no Node
+    # lists and request more than a missing allocatable.
+    absent = absent_node_problems(stack, node.name)
+    away = invariants.check_now()
+    assert len(away) == DIES * 2 + 1 and all(absent.fullmatch(problem) for problem in away), away
+    node.kubelet.register_node()  # what a restarted kubelet does; a bare Node: no k80s resources, labels, annotation
+    wait_node_back(stack, node.name)
+
+    pods = stack.pods()
+    assert all(outcome(p) == "running" for p in pods) and len(pods) == DIES
+    assert {p["metadata"]["name"]: (p["metadata"]["uid"], p["metadata"]["annotations"][ASSIGNMENT]) for p in pods} == before
+    for name, env in envs.items():
+        assert node.kubelet.restart_container(stack.namespace, name, CONTAINER)["CUDA_VISIBLE_DEVICES"] \
+            == env["CUDA_VISIBLE_DEVICES"]
+    assert_ledger_published(stack, pods)
+    # The node-level sum admits one more small share (3200 MiB left), no die does (800 MiB each):
+    # the extender counts the pods that survived the Node's deletion.
+    body = model_pod("deepseek", plan("deepseek-r1:1.5b"), pinned)
+    stack.create([body])
+    reason = "needs 1854 MiB on one die; most room per die: 800, 800, 800, 800 MiB"
+    refusal = stack.extender.call("filter", as_scheduler_sees(body, stack.namespace), [node.name])["FailedNodes"]
+    assert refusal == {node.name: reason}
+    _, refused = assert_outcomes(settle(stack, DIES + 1))
+    assert [p["metadata"]["name"] for p in refused] == ["deepseek"]
+    assert invariants.caught_up() >= DIES + 1
+    assert all(absent.fullmatch(problem) for problem in invariants.found), invariants.found
+    assert invariants.check_now() == []
+
+
+def test_pods_on_a_deleted_node_are_garbage_collected_and_the_re_created_node_takes_new_shares(
+    clean_stack: Stack, invariants: InvariantWatch, admin: Any
+) -> None:
+    """Away past pod GC: kube-controller-manager's pod GC fails and deletes the pods bound to the
+    missing Node (measured here); once the Node is back, the plugin publishes no reservations, the
+    extender's ledger is empty for it, and new shares fill it."""
+    stack = clean_stack
+    node = stack.nodes[2]
+    pinned = {**stack.labels, "kubernetes.io/hostname": node.name}
+    stack.create([model_pod(f"gemma-{i}", plan("gemma3:12b"), pinned) for i in range(2)]
+                 + [model_pod("qwen-0", plan("qwen3:4b"), pinned)])
+    running, _ = assert_outcomes(settle(stack, 3))
+    assert len(running) == 3
+    assert_ledger_published(stack, running)
+
+    with PodHistory(admin, stack.namespace) as history:
+        deleted_at = time.monotonic()
+        node.kubelet.delete_node()
+        until(lambda: not stack.pods(), "pod GC to delete the pods bound to the deleted Node", 180)
+        collected_s = time.monotonic() - deleted_at
+        print(f"pod GC deleted the pods of the deleted Node after {collected_s:.0f} s")
+        # pod GC believes a Node gone only after a quarantine (40 s), checking every 20 s: 45-70 s measured
+        assert collected_s >= 40, collected_s
+        for p in running:  # marked Failed with the reason first, then deleted
+            last = history.versions(p["metadata"]["name"])[-1]
+            assert last["status"]["phase"] == "Failed"
+            assert _condition(last, "DisruptionTarget")["reason"] == "DeletionByPodGC"  # type: ignore[index]
+
+    node.kubelet.register_node()
+    wait_node_back(stack, node.name)
+    dies = [d.uuid for d in stack.inventory(node.name).dies]
+    until(lambda: all(d.reserved_mib == 0 and not d.shared_by for d in stack.inventory(node.name).dies),
+          "no reservation on the re-created Node")
+    until(lambda: stack.die_ledger(node.name) == dict.fromkeys(dies, 0.0),
+          "the extender to know the re-created Node with nothing reserved")
+    stack.create([model_pod(f"after-{i}", plan("gemma3:12b"), pinned) for i in range(DIES)])
+    pods = settle(stack, DIES)
+    running, _ = assert_outcomes(pods)
+    assert len(running) == DIES and {p["spec"]["nodeName"] for p in running} == {node.name}
+    assert_ledger_published(stack, pods)
+    assert invariants.caught_up() >= DIES
+    absent = absent_node_problems(stack, node.name)
+    assert all(absent.fullmatch(problem) for problem in invariants.found), invariants.found
+    assert invariants.check_now() == []
 
 
 def test_tampering_with_a_bound_shares_assignment_is_denied_by_the_chart_policy(
