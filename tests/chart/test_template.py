@@ -200,9 +200,13 @@ def test_plugin_custom_placement_kubelet_root_and_startup_taint(tmp_path: Path) 
     assert env_of(container(off, "plugin"))["K80S_PLUGIN_STARTUP_TAINT"] == ""
 
 
-def test_plugin_rbac_is_nodes_get_patch_only(defaults: Rendered) -> None:
+def test_plugin_rbac_is_its_own_node_only(defaults: Rendered) -> None:
     role = defaults.get("ClusterRole", f"{FULL}-plugin")
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}]
+    # get/patch: inventory, labels, startup taint; list/watch (metadata.name=<node>): a re-created Node
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"]}]
+    from k80s.plugin import server
+
+    assert "core.list_node" in Path(server.__file__).read_text()
     binding = defaults.get("ClusterRoleBinding", f"{FULL}-plugin")
     assert binding["roleRef"]["name"] == f"{FULL}-plugin"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": f"{FULL}-plugin", "namespace": NAMESPACE}]

@@ -214,3 +214,23 @@ def test_plugin_process_restart(plugin_nodes: list[PluginNode], admin: kubernete
     wait.wait_for(lambda: allocated_to(core, node.name, f"{namespace}/steady") == ids,
                   what="allocatedTo rebuilt from pod-resources by the new plugin", timeout_s=15)
     assert core.read_namespaced_pod("steady", namespace).status.phase == "Running"
+
+
+def test_a_re_created_node_gets_its_inventory_and_labels_again(
+        plugin_nodes: list[PluginNode], admin: kubernetes.client.ApiClient) -> None:
+    """The Node object deleted and registered again (as a kubelet does after a Node deletion): the
+    inventory only changes on die events, so the plugin's Node watch has to re-send it."""
+    core = kubernetes.client.CoreV1Api(admin)
+    node = plugin_nodes[0]
+    before = inventory(core, node.name)
+    assert before is not None
+    node.sim.kubelet.delete_node()
+    wait.wait_for(lambda: node.name not in {n.metadata.name for n in core.list_node().items},
+                  what="the Node gone", timeout_s=15)
+    node.sim.kubelet.register_node()
+    wait.wait_for(lambda: inventory(core, node.name), what="the k80s.io/dies annotation on the re-created Node",
+                  timeout_s=30, state=lambda: node.log.read_text()[-1500:])
+    after = inventory(core, node.name)
+    assert after is not None and [d.uuid for d in after.dies] == [d.uuid for d in before.dies]
+    labels = core.read_node(node.name).metadata.labels or {}
+    assert labels.get("k80s.io/mode") == "exclusive" and labels.get("k80s.io/dies") == "4"

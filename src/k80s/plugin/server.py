@@ -33,7 +33,7 @@ from k80s.plugin.publisher import NodePatch, NodePublisher, PodResourcesClient
 from k80s.plugin.registration import SocketId, register, socket_id
 from k80s.plugin.servicer import OPTIONS, DevicePluginServicer
 from k80s.plugin.settings import RESOURCE_NAME, PluginSettings
-from k80s.plugin.shared import PodReservations, SharedCapacity
+from k80s.plugin.shared import ListWatch, PodReservations, SharedCapacity
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,15 @@ class PluginServer:
                 self.monitor, core, settings.node_name,
                 on_patch=lambda outcome: self.metrics.capacity_reasserts.labels(outcome=outcome).inc(),
                 on_node=self._node_seen)
+        self.node_watch: ListWatch | None = None
+        if not self.shared and core is not None and settings.node_name:
+            # A re-created Node (deleted, then registered again by the kubelet) comes back without the
+            # inventory, which only changes on die events: the watch tells the publisher to re-send it.
+            # In shared mode SharedCapacity's own Node watch does this.
+            self.node_watch = ListWatch(
+                "node", core.list_node, f"metadata.name={settings.node_name}",
+                lambda items: self._node_seen(items[0]) if items else None,
+                lambda kind, node: self._node_seen(node) if kind != "DELETED" else None)
         if node_patch is not None and settings.node_name:
             # Shared pods hold no k80s.io/die, so pod-resources has nothing to say about them.
             self.publisher = NodePublisher(
@@ -94,6 +103,8 @@ class PluginServer:
             self.capacity.start()
         if self.publisher is not None:
             self.publisher.start()
+        if self.node_watch is not None:
+            self.node_watch.start()
         if self.shared:
             log.info("shared mode: k80s.io/die is not registered with the kubelet",
                      extra={"node": self.settings.node_name, "capacity": self.capacity is not None})
@@ -116,6 +127,8 @@ class PluginServer:
         self._stop_grpc()
         if self.capacity is not None:
             self.capacity.stop()
+        if self.node_watch is not None:
+            self.node_watch.stop()
         if self.reservations is not None:
             self.reservations.stop()
         if self.publisher is not None:
