@@ -24,10 +24,11 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from typing import Any
 
 import kubernetes.client
-import kubernetes.watch
+
+from tests.e2e.podstream import PodStream
 
 BEFORE = "before"
 AFTER = "after"
@@ -149,28 +150,12 @@ class ExtenderProxy:
         handler.close_connection = True
 
 
-class PodHistory:
+class PodHistory(PodStream):
     """Every version of the pods in `namespace` that a watch delivers, from its start on."""
 
     def __init__(self, api: kubernetes.client.ApiClient, namespace: str) -> None:
-        self._core = kubernetes.client.CoreV1Api(api)
-        self._namespace = namespace
-        self._watch = kubernetes.watch.Watch()
-        self._lock = threading.Lock()
+        super().__init__(api, namespace, "pod-history")
         self._versions: dict[str, list[dict[str, Any]]] = {}
-        self._started = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pod-history", daemon=True)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        self._started.wait(30)
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._watch.stop()
-        self._thread.join(timeout=10)
 
     def versions(self, name: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -181,24 +166,12 @@ class PodHistory:
         nodes = [v["spec"].get("nodeName") or "" for v in self.versions(name)]
         return sum(1 for a, b in zip(["", *nodes], nodes, strict=False) if not a and b)
 
-    def _run(self) -> None:
-        response: Any = self._core.list_namespaced_pod(self._namespace, _preload_content=False)
-        listed = json.loads(response.data)
+    def on_list(self, items: list[dict[str, Any]]) -> None:
         with self._lock:
-            for pod in listed["items"]:
-                self._versions.setdefault(pod["metadata"]["name"], []).append(pod)
-        version = listed["metadata"]["resourceVersion"]
-        self._started.set()
-        while not self._stop.is_set():
-            try:
-                for event in self._watch.stream(self._core.list_namespaced_pod, self._namespace, deserialize=False,
-                                                resource_version=version, timeout_seconds=30):
-                    pod = event["object"]
-                    version = pod["metadata"]["resourceVersion"]
-                    with self._lock:
-                        self._versions.setdefault(pod["metadata"]["name"], []).append(pod)
-                    if self._stop.is_set():
-                        return
-            except Exception:  # noqa: BLE001 - a closed watch: resume from the last version seen
-                if self._stop.wait(0.5):
-                    return
+            for pod in items:
+                if pod not in self._versions.get(pod["metadata"]["name"], []):
+                    self._versions.setdefault(pod["metadata"]["name"], []).append(pod)
+
+    def on_event(self, kind: str, pod: dict[str, Any]) -> None:
+        with self._lock:
+            self._versions.setdefault(pod["metadata"]["name"], []).append(pod)

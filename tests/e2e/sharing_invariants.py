@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any, Self
+from typing import Any
 
 import kubernetes.client
-import kubernetes.watch
+
+from tests.e2e.podstream import PodStream
 
 SHAREABLE_MIB = 11441 - 7  # an idle die's NVML free (written out again here on purpose)
 TERMINAL = ("Succeeded", "Failed")
@@ -88,7 +88,7 @@ def violations(nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, A
     return found
 
 
-class InvariantWatch:
+class InvariantWatch(PodStream):
     """Checks `violations` on every Pod watch event in `namespace` until stopped.
 
     The pods come from the watch itself (the state as of each event, no list per event, so the
@@ -98,35 +98,19 @@ class InvariantWatch:
     """
 
     def __init__(self, api: kubernetes.client.ApiClient, namespace: str) -> None:
-        self._core = kubernetes.client.CoreV1Api(api)
-        self._namespace = namespace
-        self._watch = kubernetes.watch.Watch()
-        self._stop = threading.Event()
-        self._started = threading.Event()
-        self._lock = threading.Lock()
+        super().__init__(api, namespace, "invariants")
         self._pods: dict[str, dict[str, Any]] = {}
         self.events = 0
         self.found: list[str] = []
-        self._thread = threading.Thread(target=self._run, name="invariants", daemon=True)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        self._started.wait(30)
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._watch.stop()
-        self._thread.join(timeout=10)
 
     def check_now(self) -> list[str]:
-        return violations(self._nodes(), self._list()[1])
+        return violations(self._nodes(), self.list_pods()[1])
 
     def caught_up(self, timeout_s: float = 30.0) -> int:
         """Returns the number of events checked once the watch's pods equal a fresh list's."""
         deadline = time.monotonic() + timeout_s
         while True:
-            listed = {p["metadata"]["uid"]: p["metadata"]["resourceVersion"] for p in self._list()[1]}
+            listed = {p["metadata"]["uid"]: p["metadata"]["resourceVersion"] for p in self.list_pods()[1]}
             with self._lock:
                 seen = {uid: p["metadata"]["resourceVersion"] for uid, p in self._pods.items()}
             if seen == listed:
@@ -134,11 +118,6 @@ class InvariantWatch:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the invariant watch is behind: {len(seen)} pods seen, {len(listed)} listed")
             time.sleep(0.2)
-
-    def _list(self) -> tuple[str, list[dict[str, Any]]]:
-        response: Any = self._core.list_namespaced_pod(self._namespace, _preload_content=False)
-        data = json.loads(response.data)
-        return data["metadata"]["resourceVersion"], data["items"]
 
     def _nodes(self) -> list[dict[str, Any]]:
         response: Any = self._core.list_node(_preload_content=False)
@@ -157,34 +136,20 @@ class InvariantWatch:
         if newly_bound is not None:
             self._note(bound_to_unhealthy(nodes, newly_bound))
 
-    def _run(self) -> None:
-        resource_version: str | None = None
-        while not self._stop.is_set():
-            try:
-                if resource_version is None:
-                    resource_version, items = self._list()
-                    with self._lock:
-                        self._pods = {p["metadata"]["uid"]: p for p in items}
-                    self._check(None)
-                    self._started.set()
-                for event in self._watch.stream(self._core.list_namespaced_pod, self._namespace, deserialize=False,
-                                                resource_version=resource_version, timeout_seconds=30):
-                    pod = event["object"]
-                    resource_version = pod["metadata"]["resourceVersion"]
-                    uid = pod["metadata"]["uid"]
-                    with self._lock:
-                        before = self._pods.pop(uid, None)
-                        if event["type"] != "DELETED":
-                            self._pods[uid] = pod
-                    self.events += 1
-                    bound_now = pod.get("spec", {}).get("nodeName") and not (before or {}).get("spec", {}).get("nodeName")
-                    self._check(pod if bound_now and event["type"] != "DELETED" else None)
-                    if self._stop.is_set():
-                        return
-            except Exception:  # noqa: BLE001 - 410 Gone or the apiserver restarting under a fault test: relist
-                resource_version = None
-                if self._stop.wait(0.5):
-                    return
+    def on_list(self, items: list[dict[str, Any]]) -> None:
+        with self._lock:
+            self._pods = {p["metadata"]["uid"]: p for p in items}
+        self._check(None)
+
+    def on_event(self, kind: str, pod: dict[str, Any]) -> None:
+        uid = pod["metadata"]["uid"]
+        with self._lock:
+            before = self._pods.pop(uid, None)
+            if kind != "DELETED":
+                self._pods[uid] = pod
+        self.events += 1
+        bound_now = pod.get("spec", {}).get("nodeName") and not (before or {}).get("spec", {}).get("nodeName")
+        self._check(pod if bound_now and kind != "DELETED" else None)
 
 
 def bound_to_unhealthy(nodes: Iterable[Mapping[str, Any]], pod: Mapping[str, Any]) -> list[str]:
