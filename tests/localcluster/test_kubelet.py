@@ -95,7 +95,7 @@ def test_kubelet_started_late_admits_pods_already_bound_and_survives_a_dropped_w
     kubelet = SimulatedKubelet(control_plane.api_client(), name, 1, tmp_path / "root")
     with kubelet:
         wait.pod_running_ready(admin, namespace, "early")  # found by the initial list
-        kubelet._watch_slot.shutdown()  # drop the watch connection under the kubelet's feet
+        kubelet.drop_watch()  # drop the watch connection under the kubelet's feet
         core.create_namespaced_pod(namespace, pod("after-drop", 1, name))
         wait.pod_running_ready(admin, namespace, "after-drop")
     kubelet.delete_node()

@@ -225,15 +225,3 @@ def test_shared_mode_registers_nothing_and_says_why_it_is_not_ready() -> None:
         plugin.stop()
         kubelet.stop()
         shutil.rmtree(root, ignore_errors=True)
-
-
-def test_api_failures_are_logged_with_the_servers_message() -> None:
-    from kubernetes.client.exceptions import ApiException
-
-    from k80s.plugin.shared import failure_text
-
-    forbidden = ApiException(status=403, reason="Forbidden")
-    forbidden.body = json.dumps({"message": 'nodes is forbidden: User "sa" cannot list resource "nodes"'})
-    assert failure_text(forbidden) == 'HTTP 403 Forbidden: nodes is forbidden: User "sa" cannot list resource "nodes"'
-    assert failure_text(ApiException(status=500, reason="Internal Server Error")) == "HTTP 500 Internal Server Error"
-    assert failure_text(ConnectionError("refused")) == "ConnectionError('refused')"

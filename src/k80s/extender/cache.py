@@ -1,8 +1,7 @@
 """Informer caches: Nodes (their `k80s.io/dies` inventory) and the Pods bound to them.
 
-Two background threads list and then watch the API server (`kubernetes` client, raw JSON:
-`_preload_content=False`, so no model deserialisation), relisting on HTTP 410 Gone, on a watch
-`ERROR` event and after any other failure (with backoff). Requests never call the API server:
+Two background threads (`k80s.kubewatch.ListWatch`) list and then watch the API server (raw
+JSON, so no model deserialisation), relisting on HTTP 410 Gone and after any other failure. Requests never call the API server:
 they read `ClusterCache`, which keeps, per node, a ready `core.fit.NodeView` that is recomputed
 only when that node or a pod bound to it changes. Each Node's annotation is parsed once per
 change of its text.
@@ -26,7 +25,6 @@ directly (`upsert_node`, `upsert_pod`, `mark_synced`).
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -49,13 +47,11 @@ from k80s.core.sharing import (
     ledger_from,
 )
 from k80s.extender.wire import DIES_ANNOTATION, node_annotation, node_name, pod_info
-from k80s.kubewatch import WatchGone, WatchSlot, follow_watch
+from k80s.kubewatch import ListWatch
 
 log = logging.getLogger(__name__)
 
 POD_FIELD_SELECTOR: Final = "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"
-LIST_PAGE: Final = 500
-RETRY_BACKOFF_S: Final = (0.2, 0.5, 1.0, 2.0, 5.0)
 NODES: Final = "nodes"
 PODS: Final = "pods"
 ASSUME_TTL_S: Final = 60.0
@@ -477,109 +473,13 @@ def _pod_record(pod: Mapping[str, Any]) -> _Pod | None:
 # ==================================================================================================
 
 
-ListCall = Callable[..., Any]
-
-
-class Informer:
-    """List, then watch, one resource into the cache; relist on 410 and after failures."""
-
-    def __init__(
-        self,
-        kind: str,
-        list_call: ListCall,
-        on_list: Callable[[list[dict[str, Any]]], None],
-        on_event: Callable[[str, dict[str, Any]], None],
-        on_synced: Callable[[], None],
-        *,
-        field_selector: str | None = None,
-        watch_timeout_s: int = 300,
-        on_relist: Callable[[str], None] | None = None,
-    ) -> None:
-        self.kind = kind
-        self._list_call = list_call
-        self._on_list = on_list
-        self._on_event = on_event
-        self._on_synced = on_synced
-        self._on_relist = on_relist
-        self._selector = field_selector
-        self._watch_timeout_s = watch_timeout_s
-        self._stop = threading.Event()
-        self._watch_slot = WatchSlot()
-        self._thread = threading.Thread(target=self._run, name=f"k80s-extender-{kind}", daemon=True)
-        self.synced = threading.Event()
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def request_stop(self) -> None:
-        """Ask the thread to end (returns at once; an open watch is shut down)."""
-        self._stop.set()
-        self._watch_slot.shutdown()
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        self.request_stop()
-        self._thread.join(timeout_s)
-
-    def _kwargs(self) -> dict[str, Any]:
-        return {"field_selector": self._selector} if self._selector else {}
-
-    def _run(self) -> None:
-        resource_version: str | None = None
-        failures = 0
-        while not self._stop.is_set():
-            try:
-                if resource_version is None:
-                    resource_version = self._relist()
-                    if not self.synced.is_set():
-                        self.synced.set()
-                        self._on_synced()
-                resource_version = self._watch(resource_version)
-                failures = 0
-            except WatchGone:
-                log.info("watch expired (410 Gone); relisting", extra={"resource": self.kind})
-                resource_version = None
-            except Exception as exc:  # noqa: BLE001 - the informer must outlive API hiccups
-                if self._stop.is_set():
-                    break
-                delay = RETRY_BACKOFF_S[min(failures, len(RETRY_BACKOFF_S) - 1)]
-                failures += 1
-                log.warning("watch failed; relisting", extra={"resource": self.kind, "error": repr(exc)[:300],
-                                                              "retry_in_s": delay})
-                resource_version = None
-                self._stop.wait(delay)
-
-    def _relist(self) -> str:
-        items: list[dict[str, Any]] = []
-        token: str | None = None
-        while True:
-            kwargs = self._kwargs()
-            if token:
-                kwargs["_continue"] = token
-            response = self._list_call(limit=LIST_PAGE, _preload_content=False, _request_timeout=60, **kwargs)
-            page = json.loads(response.data)
-            items.extend(page.get("items") or [])
-            meta = page.get("metadata") or {}
-            token = meta.get("continue") or None
-            if not token:
-                break
-        self._on_list(items)
-        if self._on_relist is not None:
-            self._on_relist(self.kind)
-        return str(meta.get("resourceVersion") or "")
-
-    def _watch(self, resource_version: str) -> str:
-        """Follow the watch until the server closes it; returns the last resourceVersion seen."""
-        return follow_watch(self._list_call, resource_version, timeout_s=self._watch_timeout_s,
-                            on_event=self._on_event, stopped=self._stop.is_set, hold=self._watch_slot.hold, **self._kwargs())
-
-
 def start_informers(
     cache: ClusterCache,
     api_client_factory: Callable[[], Any],
     *,
     watch_timeout_s: int = 300,
     on_relist: Callable[[str], None] | None = None,
-) -> list[Informer]:
+) -> list[ListWatch]:
     """Start the Node and Pod informers feeding `cache` (each thread gets its own API client)."""
     import kubernetes.client
 
@@ -597,12 +497,13 @@ def start_informers(
 
     nodes_api = kubernetes.client.CoreV1Api(api_client_factory())
     pods_api = kubernetes.client.CoreV1Api(api_client_factory())
+    relisted = on_relist or (lambda kind: None)
     informers = [
-        Informer(NODES, nodes_api.list_node, cache.replace_nodes, node_event,
-                 lambda: cache.mark_synced(NODES), watch_timeout_s=watch_timeout_s, on_relist=on_relist),
-        Informer(PODS, pods_api.list_pod_for_all_namespaces, cache.replace_pods, pod_event,
-                 lambda: cache.mark_synced(PODS), field_selector=POD_FIELD_SELECTOR,
-                 watch_timeout_s=watch_timeout_s, on_relist=on_relist),
+        ListWatch(NODES, nodes_api.list_node, cache.replace_nodes, node_event, watch_timeout_s=watch_timeout_s,
+                  on_synced=lambda: cache.mark_synced(NODES), on_relist=relisted, thread_name="k80s-extender-nodes"),
+        ListWatch(PODS, pods_api.list_pod_for_all_namespaces, cache.replace_pods, pod_event,
+                  field_selector=POD_FIELD_SELECTOR, watch_timeout_s=watch_timeout_s,
+                  on_synced=lambda: cache.mark_synced(PODS), on_relist=relisted, thread_name="k80s-extender-pods"),
     ]
     for informer in informers:
         informer.start()

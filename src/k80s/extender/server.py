@@ -22,11 +22,12 @@ from typing import Any
 from aiohttp import web
 
 from k80s.extender.binder import Binder, make_binder
-from k80s.extender.cache import ClusterCache, Informer, start_informers
+from k80s.extender.cache import ClusterCache, start_informers
 from k80s.extender.metrics import ExtenderMetrics
 from k80s.extender.routes import Verbs, api_app, health_app
 from k80s.extender.service import Extender
 from k80s.extender.settings import ExtenderSettings
+from k80s.kubewatch import ListWatch
 
 log = logging.getLogger("k80s.extender")
 
@@ -58,7 +59,7 @@ class ExtenderServer:
                                       settings.leader_identity or socket.gethostname())
         self.verbs = Verbs(self.extender, self.metrics, self.executor, self.binder)
         self._api_client_factory = api_client_factory
-        self._informers: list[Informer] = []
+        self._informers: list[ListWatch] = []
         self._runners: list[web.AppRunner] = []
         self.api_port = 0
         self.metrics_port = 0

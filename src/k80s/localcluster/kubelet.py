@@ -50,7 +50,7 @@ import kubernetes.client
 from kubernetes.client.exceptions import ApiException
 
 from k80s.core.inventory import parse_node_shape
-from k80s.kubewatch import WatchGone, WatchSlot, follow_watch
+from k80s.kubewatch import ListWatch
 from k80s.localcluster import nodes, podenv, resources
 from k80s.localcluster.devicemanager import (
     ALLOCATE_ANNOTATION,
@@ -71,7 +71,6 @@ UNEXPECTED_ADMISSION_ERROR: Final = "UnexpectedAdmissionError"
 WATCH_TIMEOUT_S: Final = 30
 """Server-side watch timeout; the watch is then re-opened from the last resourceVersion."""
 
-RETRY_BACKOFF_S: Final = (0.2, 0.5, 1.0, 2.0, 5.0)
 TERMINAL_PHASES: Final = frozenset({"Succeeded", "Failed"})
 
 DeviceManagerFactory = Callable[[str, Path], DeviceManager]
@@ -130,10 +129,7 @@ class SimulatedKubelet:
         self._watch_timeout_s = watch_timeout_s
         self._pods: dict[str, _PodRecord] = {}
         self._lock = threading.RLock()
-        self._stop = threading.Event()
-        self._synced = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._watch_slot = WatchSlot()
+        self._watch: ListWatch | None = None
         self._ip_counter = 0
         self._node_token = zlib.crc32(node_name.encode())
 
@@ -156,25 +152,30 @@ class SimulatedKubelet:
         self.register_node()
         if self.device_manager is not None:
             self.device_manager.start(self._on_resources_changed)
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"kubelet-{self.node_name}", daemon=True)
-        self._thread.start()
-        if not self._synced.wait(timeout_s):
+        self._watch = ListWatch("pods", self._core.list_pod_for_all_namespaces, self._on_list, self._on_watch_event,
+                                field_selector=f"spec.nodeName={self.node_name}", watch_timeout_s=self._watch_timeout_s,
+                                thread_name=f"kubelet-{self.node_name}")
+        self._watch.start()
+        if not self._watch.synced.wait(timeout_s):
             self.stop()
             raise TimeoutError(f"simulated kubelet {self.node_name}: no pod list from the API server in {timeout_s:.0f} s")
         return self
 
+    def drop_watch(self) -> None:
+        """Cut the pod watch's connection under the kubelet's feet (a network blip); it reconnects."""
+        if self._watch is not None:
+            self._watch.drop_connection()
+
     def request_stop(self) -> None:
         """Ask the watch thread to end (returns at once; `stop()` waits)."""
-        self._stop.set()
-        self._watch_slot.shutdown()
+        if self._watch is not None:
+            self._watch.request_stop()
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """Stop the pod watch and the device manager. The Node object stays (see `delete_node`)."""
-        self.request_stop()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            self._thread = None
+        if self._watch is not None:
+            self._watch.stop(timeout_s)
+            self._watch = None
         if self.container_runner is not None:
             self.container_runner.stop()
         if self.device_manager is not None:
@@ -278,52 +279,16 @@ class SimulatedKubelet:
 
     # -- the watch loop --------------------------------------------------------------------
 
-    def _run(self) -> None:
-        resource_version: str | None = None
-        failures = 0
-        while not self._stop.is_set():
-            try:
-                if resource_version is None:
-                    resource_version = self._relist()
-                    self._synced.set()
-                resource_version = self._watch(resource_version)
-                failures = 0
-            except WatchGone:
-                resource_version = None
-            except Exception as exc:  # noqa: BLE001 - the kubelet must survive API hiccups
-                if self._stop.is_set():
-                    break
-                delay = RETRY_BACKOFF_S[min(failures, len(RETRY_BACKOFF_S) - 1)]
-                failures += 1
-                log.warning("pod watch failed, relisting", extra={"node": self.node_name, "error": repr(exc)})
-                resource_version = None
-                self._stop.wait(delay)
-
-    def _field_selector(self) -> str:
-        return f"spec.nodeName={self.node_name}"
-
-    def _relist(self) -> str:
-        """List the node's pods, handle each (oldest first), forget pods that disappeared."""
-        response: Any = self._core.list_pod_for_all_namespaces(field_selector=self._field_selector(), _preload_content=False)
-        listed = json.loads(response.data)
-        items = sorted(
-            listed.get("items") or [],
-            key=lambda p: (p["metadata"].get("creationTimestamp") or "", p["metadata"]["name"]),
-        )
+    def _on_list(self, items: list[dict[str, Any]]) -> None:
+        """Handle each listed pod (oldest first); forget pods that disappeared."""
         seen = set()
-        for pod in items:
+        for pod in sorted(items, key=lambda p: (p["metadata"].get("creationTimestamp") or "", p["metadata"]["name"])):
             seen.add(pod["metadata"]["uid"])
             self._handle(pod, deleted=False)
         with self._lock:
             vanished = [uid for uid in self._pods if uid not in seen]
         for uid in vanished:
             self._forget(uid)
-        return str(listed["metadata"]["resourceVersion"])
-
-    def _watch(self, resource_version: str) -> str:
-        """Follow the watch until the server closes it; returns the last resourceVersion seen."""
-        return follow_watch(self._core.list_pod_for_all_namespaces, resource_version, timeout_s=self._watch_timeout_s,
-                            on_event=self._on_watch_event, stopped=self._stop.is_set, hold=self._watch_slot.hold, field_selector=self._field_selector())
 
     def _on_watch_event(self, kind: str, pod: Mapping[str, Any]) -> None:
         self._handle(pod, deleted=kind == "DELETED")

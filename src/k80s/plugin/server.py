@@ -25,6 +25,7 @@ import grpc  # type: ignore[import-untyped, unused-ignore]
 from k80s._proto.deviceplugin.v1beta1 import api_pb2_grpc as pb_grpc
 from k80s.core.errors import DeviceError
 from k80s.core.sharing import SHARED, VRAM_RESOURCE
+from k80s.kubewatch import ListWatch
 from k80s.plugin.backend import DieBackend
 from k80s.plugin.health import HealthPolicy
 from k80s.plugin.metrics import HealthServer, PluginMetrics
@@ -33,7 +34,7 @@ from k80s.plugin.publisher import NodePatch, NodePublisher, PodResourcesClient
 from k80s.plugin.registration import SocketId, register, socket_id
 from k80s.plugin.servicer import OPTIONS, DevicePluginServicer
 from k80s.plugin.settings import RESOURCE_NAME, PluginSettings
-from k80s.plugin.shared import ListWatch, PodReservations, SharedCapacity
+from k80s.plugin.shared import WATCH_TIMEOUT_S, PodReservations, SharedCapacity
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +72,10 @@ class PluginServer:
             # inventory, which only changes on die events: the watch tells the publisher to re-send it.
             # In shared mode SharedCapacity's own Node watch does this.
             self.node_watch = ListWatch(
-                "node", core.list_node, f"metadata.name={settings.node_name}",
+                "node", core.list_node,
                 lambda items: self._node_seen(items[0]) if items else None,
-                lambda kind, node: self._node_seen(node) if kind != "DELETED" else None)
+                lambda kind, node: self._node_seen(node) if kind != "DELETED" else None,
+                field_selector=f"metadata.name={settings.node_name}", watch_timeout_s=WATCH_TIMEOUT_S)
         if node_patch is not None and settings.node_name:
             # Shared pods hold no k80s.io/die, so pod-resources has nothing to say about them.
             self.publisher = NodePublisher(

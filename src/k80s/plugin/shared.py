@@ -15,7 +15,6 @@ The decisions are pure functions (`shared_capacity`, `capacity_patch`, `node_res
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -34,7 +33,7 @@ from k80s.core.sharing import (
     ledger_from,
     shareable_mib,
 )
-from k80s.kubewatch import WatchGone, WatchSlot, follow_watch
+from k80s.kubewatch import ListWatch, failure_text
 from k80s.plugin.monitor import DieMonitor
 
 log = logging.getLogger(__name__)
@@ -43,7 +42,6 @@ TERMINAL_PHASES: Final = frozenset({"Succeeded", "Failed"})
 """A pod in these phases holds nothing; a deleting pod still does until it is terminal or gone."""
 CAPACITY_FIELDS: Final = ("capacity", "allocatable")
 WATCH_TIMEOUT_S: Final = 60
-RETRY_BACKOFF_S: Final = (0.2, 0.5, 1.0, 2.0, 5.0)
 PATCH_RETRY_S: Final = 2.0
 
 
@@ -120,75 +118,6 @@ def with_reservations(inventory: NodeInventory, ledger: DieLedger) -> NodeInvent
         for d in inventory.dies))
 
 
-def failure_text(exc: BaseException) -> str:
-    """An API failure for a log line: 'HTTP 403 Forbidden: <the server's message>' (RBAC says
-    which verb on which resource is missing), else the exception itself."""
-    status = getattr(exc, "status", None)
-    if status is None:
-        return repr(exc)[:300]
-    message = ""
-    try:
-        message = str(json.loads(getattr(exc, "body", None) or "{}").get("message") or "")
-    except (ValueError, AttributeError):
-        pass
-    return f"HTTP {status} {getattr(exc, 'reason', '') or ''}: {message}"[:500].rstrip(": ")
-
-
-# ------------------------------------------------------------------------------------------------
-# List + watch of one kind of object, raw JSON
-# ------------------------------------------------------------------------------------------------
-
-
-class ListWatch:
-    """Lists, then follows a watch from there (`k80s.kubewatch.follow_watch`); relists on 410
-    Gone and, with backoff, after any failure, so a lost watch never loses an object."""
-
-    def __init__(self, name: str, list_call: Callable[..., Any], field_selector: str,
-                 on_list: Callable[[list[dict[str, Any]]], None], on_event: Callable[[str, dict[str, Any]], None]) -> None:
-        self._name, self._list_call, self._selector = name, list_call, field_selector
-        self._on_list, self._on_event = on_list, on_event
-        self._stop = threading.Event()
-        self._slot = WatchSlot()
-        self._thread = threading.Thread(target=self._run, name=f"k80s-watch-{name}", daemon=True)
-        self.synced = threading.Event()
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._slot.shutdown()
-        self._thread.join(timeout=5)
-
-    def is_alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def _run(self) -> None:
-        version: str | None = None
-        failures = 0
-        while not self._stop.is_set():
-            try:
-                if version is None:
-                    response = self._list_call(field_selector=self._selector, _preload_content=False,
-                                               _request_timeout=30)
-                    listed = json.loads(response.data)
-                    self._on_list(list(listed.get("items") or []))
-                    version = str(listed["metadata"]["resourceVersion"])
-                    self.synced.set()
-                version = follow_watch(self._list_call, version, timeout_s=WATCH_TIMEOUT_S, on_event=self._on_event,
-                                       stopped=self._stop.is_set, hold=self._slot.hold, field_selector=self._selector)
-                failures = 0
-            except WatchGone:
-                version = None
-            except Exception as exc:  # the API server may be away: relist after a pause
-                if self._stop.is_set():
-                    break
-                log.warning("watch failed; relisting", extra={"watch": self._name, "error": failure_text(exc)})
-                version = None
-                self._stop.wait(RETRY_BACKOFF_S[min(failures, len(RETRY_BACKOFF_S) - 1)])
-                failures += 1
-
-
 # ------------------------------------------------------------------------------------------------
 # The shells
 # ------------------------------------------------------------------------------------------------
@@ -205,8 +134,8 @@ class PodReservations:
         self._pods: dict[str, dict[str, Any]] = {}
         self._ledger = DieLedger()
         self._broken: dict[str, str] = {}
-        self._watch = ListWatch("pods", core.list_pod_for_all_namespaces, f"spec.nodeName={node}",
-                                self._listed, self._event)
+        self._watch = ListWatch("pods", core.list_pod_for_all_namespaces, self._listed, self._event,
+                                field_selector=f"spec.nodeName={node}", watch_timeout_s=WATCH_TIMEOUT_S)
 
     @property
     def synced(self) -> threading.Event:
@@ -277,7 +206,8 @@ class SharedCapacity:
         self._sent: _Sent | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="k80s-shared-capacity", daemon=True)
-        self._watch = ListWatch("node", core.list_node, f"metadata.name={node}", self._listed, self._event)
+        self._watch = ListWatch("node", core.list_node, self._listed, self._event,
+                                field_selector=f"metadata.name={node}", watch_timeout_s=WATCH_TIMEOUT_S)
         self.published = threading.Event()
         self.wanted: dict[str, int] = {}
 
@@ -337,7 +267,7 @@ class SharedCapacity:
         old = node_capacity(node, wanted)
         try:
             self._core.patch_node_status(self._node, patch, _request_timeout=10)
-        except Exception as exc:  # the API server may be away; retry, lose nothing
+        except Exception as exc:  # noqa: BLE001 - the API server may be away; retry, lose nothing
             log.warning("Node capacity patch failed", extra={"node": self._node, "error": failure_text(exc)})
             self._on_patch("error")
             return False
