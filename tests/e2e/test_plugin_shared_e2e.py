@@ -69,18 +69,24 @@ class SharedNode:
             return str(response.read().decode())
 
 
-@pytest.fixture
-def shared(control_plane: ControlPlane, admin: Any, nodes: Any) -> Iterator[SharedNode]:
-    [node] = nodes("2xK80", count=1, labels={"k80s.io/test-group": secrets.token_hex(4)},
-                   device_manager_factory=lambda _n, root: PluginDeviceManager(root))
+def start_shared_plugin(control_plane: ControlPlane, node: SimulatedNode, *extra: str) -> tuple[PluginServer, SimulatedBackend]:
+    """The device plugin in shared mode for `node`, in process, on the simulated backend; started."""
     settings = load_plugin_settings(
         ["--mode", "shared", "--kubelet-root", str(node.root), "--simulate", "2xK80", "--node-name", node.name,
          "--kubeconfig", str(control_plane.kubeconfig), "--metrics-port", "0", "--metrics-address", "127.0.0.1",
-         "--socket-check-s", "0.2", "--memory-poll-s", "0.5", "--health-recovery-s", "3"], {})
+         "--socket-check-s", "0.2", "--memory-poll-s", "0.5", *extra], {})
     backend = SimulatedBackend.from_spec("2xK80", node.name)
     kubeconfig = str(control_plane.kubeconfig)
     plugin = PluginServer(settings, backend, kubernetes_node_patch(kubeconfig), kubernetes_core_api(kubeconfig))
     plugin.start()
+    return plugin, backend
+
+
+@pytest.fixture
+def shared(control_plane: ControlPlane, admin: Any, nodes: Any) -> Iterator[SharedNode]:
+    [node] = nodes("2xK80", count=1, labels={"k80s.io/test-group": secrets.token_hex(4)},
+                   device_manager_factory=lambda _n, root: PluginDeviceManager(root))
+    plugin, backend = start_shared_plugin(control_plane, node, "--health-recovery-s", "3")
     try:
         yield SharedNode(node, plugin, backend, kubernetes.client.CoreV1Api(admin))
     finally:

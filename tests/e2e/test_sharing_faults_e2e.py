@@ -64,9 +64,7 @@ from k80s.localcluster.kubelet import (
     stop_simulated_nodes,
 )
 from k80s.operator.children import shared_device_env
-from k80s.plugin.publisher import kubernetes_core_api, kubernetes_node_patch
 from k80s.plugin.server import PluginServer
-from k80s.plugin.settings import load as load_plugin_settings
 from k80s.plugin.simulated import SimulatedBackend
 from tests.e2e.bind_proxy import AFTER, BEFORE, ExtenderProxy, PodHistory
 from tests.e2e.sharing_invariants import InvariantWatch
@@ -78,6 +76,7 @@ from tests.e2e.test_extender_e2e import (
     start_extender,
     stop_process,
 )
+from tests.e2e.test_plugin_shared_e2e import start_shared_plugin
 from tests.e2e.test_sharing_api_facts import policies  # noqa: F401 - the fixture, used by name
 
 pytestmark = pytest.mark.controlplane
@@ -222,19 +221,6 @@ def plugin_metrics(plugin: PluginServer) -> str:
         return str(response.read().decode())
 
 
-def start_plugin(control_plane: ControlPlane, node: SimulatedNode) -> tuple[PluginServer, SimulatedBackend]:
-    """The device plugin in shared mode for `node` (as tests/e2e/test_plugin_shared_e2e.py runs it)."""
-    settings = load_plugin_settings(
-        ["--mode", "shared", "--kubelet-root", str(node.root), "--simulate", "2xK80", "--node-name", node.name,
-         "--kubeconfig", str(control_plane.kubeconfig), "--metrics-port", "0", "--metrics-address", "127.0.0.1",
-         "--socket-check-s", "0.2", "--memory-poll-s", "0.5", "--pod-resources-poll-s", "0.5"], {})
-    backend = SimulatedBackend.from_spec("2xK80", node.name)
-    kubeconfig = str(control_plane.kubeconfig)
-    plugin = PluginServer(settings, backend, kubernetes_node_patch(kubeconfig), kubernetes_core_api(kubeconfig))
-    plugin.start()
-    return plugin, backend
-
-
 @pytest.fixture(scope="module")
 def stack(control_plane: ControlPlane, admin: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     core = kubernetes.client.CoreV1Api(admin)
@@ -253,7 +239,7 @@ def stack(control_plane: ControlPlane, admin: Any, tmp_path_factory: pytest.Temp
     proxy: ExtenderProxy | None = None
     try:
         for node in nodes:
-            plugin, backend = start_plugin(control_plane, node)
+            plugin, backend = start_shared_plugin(control_plane, node, "--pod-resources-poll-s", "0.5")
             plugins.append(plugin)
             backends.append(backend)
         first = start_extender(control_plane.kubeconfig, log_dir / "extender-0.log",
