@@ -319,12 +319,7 @@ def deployment(owner: Owner, spec: ModelDeploymentSpec, plan: Plan, settings: Po
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {
-            "name": owner.name,
-            "namespace": owner.namespace,
-            "labels": owned_labels(owner.name),
-            "ownerReferences": [owner.reference()],
-        },
+        "metadata": owned_metadata(owner),
         "spec": {
             "replicas": spec.replicas,
             "selector": {"matchLabels": selector_labels(owner.name)},
@@ -336,18 +331,19 @@ def deployment(owner: Owner, spec: ModelDeploymentSpec, plan: Plan, settings: Po
     }
 
 
+def owned_metadata(owner: Owner) -> dict[str, Any]:
+    """Metadata of an object the ModelDeployment owns: its name and namespace, labels, owner reference."""
+    return {"name": owner.name, "namespace": owner.namespace, "labels": owned_labels(owner.name),
+            "ownerReferences": [owner.reference()]}
+
+
 def service(owner: Owner, runtime_kind: str) -> dict[str, Any]:
     """A ClusterIP Service in front of the replicas, on the runtime's port."""
     port = runtime(runtime_kind).port
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": owner.name,
-            "namespace": owner.namespace,
-            "labels": owned_labels(owner.name),
-            "ownerReferences": [owner.reference()],
-        },
+        "metadata": owned_metadata(owner),
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(owner.name),
