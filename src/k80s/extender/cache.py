@@ -228,23 +228,30 @@ class ClusterCache:
             return ledger
 
     def shared_node(self, name: str) -> SharedNode | NodeProblem | None:
-        """The node as a shared pod sees it; None when the node is not in the cache. Kept until the
-        node, its pods or its mode change; a node with a bind in flight is built afresh."""
+        """The node as a shared pod sees it; None when the node is not in the cache."""
+        return self.shared_nodes([name])[0]
+
+    def shared_nodes(self, names: Iterable[str]) -> list[SharedNode | NodeProblem | None]:
+        """`shared_node` for each name, under one lock. A node's SharedNode is kept until the node,
+        its pods or its mode change; a node with a bind in flight is built afresh."""
         with self._lock:
-            assumed = any(where == name for where, _a, _t in self._assumed.values())
-            cached = None if assumed else self._shared_nodes.get(name)
-            if cached is not None:
-                return cached
-            node = self._nodes.get(name)
-            if node is None:
-                return None
-            view = self._views.get(name)
-            if node.inventory is None or not isinstance(view, NodeView):
-                return NodeProblem(node.problem)
-            shared = SharedNode.of(view.dies, node.mode, self.ledger(name))
-            if not assumed:
-                self._shared_nodes[name] = shared
-            return shared
+            in_flight = {where for where, _a, _t in self._assumed.values()}
+            return [self._shared_node(name, name in in_flight) for name in names]
+
+    def _shared_node(self, name: str, in_flight: bool) -> SharedNode | NodeProblem | None:
+        cached = None if in_flight else self._shared_nodes.get(name)
+        if cached is not None:
+            return cached
+        node = self._nodes.get(name)
+        if node is None:
+            return None
+        view = self._views.get(name)
+        if node.inventory is None or not isinstance(view, NodeView):
+            return NodeProblem(node.problem)
+        shared = SharedNode.of(view.dies, node.mode, self.ledger(name))
+        if not in_flight:
+            self._shared_nodes[name] = shared
+        return shared
 
     def shared_node_for_object(self, node: Mapping[str, Any]) -> SharedNode | NodeProblem:
         """`shared_node` from a full Node object (nodeCacheCapable: false) and the cached ledger."""

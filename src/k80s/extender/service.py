@@ -279,12 +279,12 @@ class Extender:
         fits: dict[str, SharedFit] = {}
         verdicts = self.memo.bucket((SHARES, plan))  # equal dies and ledgers: one decision, kept across calls
         computed = 0
-        for name in args.names:
-            node: SharedNode | NodeProblem | None
-            if by_object is not None:
-                node = self.cache.shared_node_for_object(by_object[name])
-            else:
-                node = self.cache.shared_node(name)
+        if by_object is not None:
+            found: list[SharedNode | NodeProblem | None] = [
+                self.cache.shared_node_for_object(by_object[name]) for name in args.names]
+        else:
+            found = self.cache.shared_nodes(args.names)
+        for name, node in zip(args.names, found, strict=True):
             if node is None:
                 out.failed[name] = UNKNOWN_NODE
                 out.results["unknown-node"] += 1
