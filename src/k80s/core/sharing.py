@@ -237,18 +237,22 @@ class DieLedger:
     def with_assignment(self, holder: str, assignment: Assignment) -> DieLedger:
         """The ledger plus one more pod's shares (an in-flight bind)."""
         shares = {uuid: dict(held) for uuid, held in self.shares.items()}
-        for d in assignment.dies:
-            held = shares.setdefault(d.uuid, {})
-            held[holder] = held.get(holder, 0) + d.mib
+        _add(shares, holder, assignment)
         return DieLedger(shares)
 
 
 def ledger_from(entries: Iterable[tuple[str, Assignment]]) -> DieLedger:
     """The ledger of (holder, assignment) pairs, e.g. every non-terminal pod bound to a node."""
-    ledger = DieLedger()
+    shares: dict[str, dict[str, int]] = {}
     for holder, assignment in entries:
-        ledger = ledger.with_assignment(holder, assignment)
-    return ledger
+        _add(shares, holder, assignment)
+    return DieLedger(shares)
+
+
+def _add(shares: dict[str, dict[str, int]], holder: str, assignment: Assignment) -> None:
+    for d in assignment.dies:
+        held = shares.setdefault(d.uuid, {})
+        held[holder] = held.get(holder, 0) + d.mib
 
 
 def shareable_mib(die: DieInfo) -> int:
