@@ -64,17 +64,16 @@ class PluginServer:
         if self.shared and core is not None and settings.node_name:
             self.capacity = SharedCapacity(
                 self.monitor, core, settings.node_name,
-                on_patch=lambda outcome: self.metrics.capacity_reasserts.labels(outcome=outcome).inc(),
-                on_node=self._node_seen)
+                on_patch=lambda outcome: self.metrics.capacity_reasserts.labels(outcome=outcome).inc())
         self.node_watch: ListWatch | None = None
-        if not self.shared and core is not None and settings.node_name:
-            # A re-created Node (deleted, then registered again by the kubelet) comes back without the
-            # inventory, which only changes on die events: the watch tells the publisher to re-send it.
-            # In shared mode SharedCapacity's own Node watch does this.
+        if core is not None and settings.node_name:
+            # The own Node: shared mode keeps its capacity; in both modes a re-created Node (deleted,
+            # then registered again by the kubelet) comes back without the inventory, which only
+            # changes on die events, so the publisher is told to re-send it.
             self.node_watch = ListWatch(
                 "node", core.list_node,
-                lambda items: self._node_seen(items[0]) if items else None,
-                lambda kind, node: self._node_seen(node) if kind != "DELETED" else None,
+                lambda items: self._node_seen(items[0] if items else None),
+                lambda kind, node: self._node_seen(None if kind == "DELETED" else node),
                 field_selector=f"metadata.name={settings.node_name}", watch_timeout_s=WATCH_TIMEOUT_S)
         if node_patch is not None and settings.node_name:
             # Shared pods hold no k80s.io/die, so pod-resources has nothing to say about them.
@@ -207,20 +206,22 @@ class PluginServer:
                 Path(self.settings.plugin_socket).unlink(missing_ok=True)
         self._grpc, self._servicer, self._serving = None, None, None
 
-    def _node_seen(self, node: dict[str, Any]) -> None:
-        """A re-created Node (deleted, then registered again) gets the inventory back too."""
-        if self.publisher is not None:
+    def _node_seen(self, node: dict[str, Any] | None) -> None:
+        """Every version of the own Node the watch shows (None: deleted)."""
+        if self.capacity is not None:
+            self.capacity.node_seen(node)
+        if node is not None and self.publisher is not None:
             self.publisher.node_seen(node)
 
     # -- probes ------------------------------------------------------------------------------
     def _live(self) -> tuple[bool, str]:
         if self._stop.is_set():
             return True, "ok"
-        if self.shared:
-            for name, part in (("capacity", self.capacity), ("pod reservations", self.reservations)):
-                if part is not None and not part.is_alive():
-                    return False, f"{name} thread stopped"
-        elif not self._lifecycle.is_alive():
+        for name, part in (("node watch", self.node_watch), ("capacity", self.capacity),
+                           ("pod reservations", self.reservations)):
+            if part is not None and not part.is_alive():
+                return False, f"{name} thread stopped"
+        if not self.shared and not self._lifecycle.is_alive():
             return False, "lifecycle thread stopped"
         return True, "ok"
 

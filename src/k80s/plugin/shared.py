@@ -191,51 +191,38 @@ class _Sent:
 class SharedCapacity:
     """Keeps `k80s.io/vram-mib` and `k80s.io/die-major` in the Node's capacity and allocatable.
 
-    A watch on the own Node wakes the keeper on every Node change; the die monitor wakes it on
-    every health change. Each round compares the Node with `shared_capacity` and patches
-    `nodes/<node>/status` when they differ. `published` is set once the Node carries them.
-    `on_node` sees every version of the Node the watch delivers (on the watch thread)."""
+    `node_seen` (fed by the plugin's watch on its own Node) wakes the keeper on every Node change;
+    the die monitor wakes it on every health change. Each round compares the Node with
+    `shared_capacity` and patches `nodes/<node>/status` when they differ. `published` is set once
+    the Node carries them."""
 
     def __init__(self, monitor: DieMonitor, core: Any, node: str,
-                 on_patch: Callable[[str], None] = lambda outcome: None,
-                 on_node: Callable[[dict[str, Any]], None] = lambda node: None) -> None:
+                 on_patch: Callable[[str], None] = lambda outcome: None) -> None:
         self._monitor, self._core, self._node = monitor, core, node
-        self._on_patch, self._on_node = on_patch, on_node
+        self._on_patch = on_patch
         self._lock = threading.Lock()
         self._seen: dict[str, Any] | None = None  # the Node as the watch last showed it
         self._sent: _Sent | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="k80s-shared-capacity", daemon=True)
-        self._watch = ListWatch("node", core.list_node, self._listed, self._event,
-                                field_selector=f"metadata.name={node}", watch_timeout_s=WATCH_TIMEOUT_S)
         self.published = threading.Event()
         self.wanted: dict[str, int] = {}
 
     def start(self) -> None:
-        self._watch.start()
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._monitor.poke()
-        self._watch.stop()
         self._thread.join(timeout=5)
 
     def is_alive(self) -> bool:
-        return self._thread.is_alive() and self._watch.is_alive()
+        return self._thread.is_alive()
 
-    # -- the Node watch ----------------------------------------------------------------------
-    def _listed(self, items: list[dict[str, Any]]) -> None:
-        self._seen_node(items[0] if items else None)
-
-    def _event(self, kind: str, node: dict[str, Any]) -> None:
-        self._seen_node(None if kind == "DELETED" else node)
-
-    def _seen_node(self, node: dict[str, Any] | None) -> None:
+    def node_seen(self, node: dict[str, Any] | None) -> None:
+        """The own Node as the watch shows it now (None: deleted)."""
         with self._lock:
             self._seen = node
-        if node is not None:
-            self._on_node(node)
         self._monitor.poke()
 
     # -- the keeper --------------------------------------------------------------------------
