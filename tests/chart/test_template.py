@@ -255,10 +255,10 @@ def test_a_shared_pool_adds_exactly_what_shared_mode_uses_to_the_plugin_role(tmp
         # the k80s.io/assignment of the pods bound to its node (spec.nodeName=<node>)
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     ]
-    # and the code uses those calls: k80s.plugin.shared
-    from k80s.plugin import shared
+    # and the code uses those calls: k80s.plugin.shared and the server's watch on its own Node
+    from k80s.plugin import server, shared
 
-    source = Path(shared.__file__).read_text()
+    source = Path(shared.__file__).read_text() + Path(server.__file__).read_text()
     assert "core.list_node" in source and "patch_node_status" in source and "core.list_pod_for_all_namespaces" in source
 
 
